@@ -296,7 +296,9 @@ func TestInvalidSchemaName(t *testing.T) {
 // nopDB proves New does not touch the database: any use fails the test.
 type nopDB struct{}
 
-func (nopDB) Begin(context.Context) (pgx.Tx, error) { return nil, errors.New("nopDB: must not be used") }
+func (nopDB) Begin(context.Context) (pgx.Tx, error) {
+	return nil, errors.New("nopDB: must not be used")
+}
 
 func TestDownRefusesUnknownVersion(t *testing.T) {
 	t.Parallel()
