@@ -1,0 +1,115 @@
+package queue_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/skiplock/skiplock/queue"
+)
+
+func TestPauseResume(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx := testContext(t)
+	enqueueN(t, e.client, "p", 3)
+
+	require.NoError(t, e.client.Pause(ctx, "p"))
+	paused, err := e.client.Paused(ctx, "p")
+	require.NoError(t, err)
+	require.True(t, paused)
+	got, err := e.client.Claim(ctx, queue.ClaimParams{Queue: "p", Limit: 10, Lease: time.Minute})
+	require.NoError(t, err)
+	require.Empty(t, got, "a paused queue hands out nothing")
+
+	// Enqueues still work while paused; other queues are unaffected.
+	enqueueN(t, e.client, "p", 1)
+	enqueueN(t, e.client, "other", 1)
+	got, err = e.client.Claim(ctx, queue.ClaimParams{Queue: "other", Limit: 10, Lease: time.Minute})
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+
+	require.NoError(t, e.client.Resume(ctx, "p"))
+	paused, err = e.client.Paused(ctx, "p")
+	require.NoError(t, err)
+	require.False(t, paused)
+	got, err = e.client.Claim(ctx, queue.ClaimParams{Queue: "p", Limit: 10, Lease: time.Minute})
+	require.NoError(t, err)
+	require.Len(t, got, 4)
+
+	never, err := e.client.Paused(ctx, "never-configured")
+	require.NoError(t, err)
+	require.False(t, never)
+}
+
+func TestStats(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx := testContext(t)
+	enqueueN(t, e.client, "s", 5)
+	_, err := e.client.Enqueue(ctx, queue.EnqueueParams{Queue: "s", Meta: meta(9), Delay: time.Hour})
+	require.NoError(t, err)
+	e.exec("UPDATE " + e.q("batch") + " SET run_at = now() - interval '90 seconds' WHERE queue = 's' AND run_at <= now()")
+
+	got, err := e.client.Claim(ctx, queue.ClaimParams{Queue: "s", Limit: 2, Lease: time.Second})
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	_, err = e.client.Fail(ctx, queue.RefOf(&got[0]), queue.Permanent(errTest))
+	require.NoError(t, err)
+	require.NoError(t, e.client.Pause(ctx, "idle"))
+	e.exec("UPDATE " + e.q("batch") + " SET lease_expires_at = now() - interval '1 second' WHERE state = 'running'")
+
+	all, err := e.client.Stats(ctx, "")
+	require.NoError(t, err)
+	require.Len(t, all, 2)
+	require.Equal(t, "idle", all[0].Queue)
+	require.True(t, all[0].Paused)
+	s := all[1]
+	require.Equal(t, "s", s.Queue)
+	require.EqualValues(t, 3, s.Available)
+	require.EqualValues(t, 1, s.Scheduled)
+	require.EqualValues(t, 1, s.Running)
+	require.EqualValues(t, 1, s.Expired)
+	require.EqualValues(t, 1, s.Dead)
+	require.False(t, s.Paused)
+	require.GreaterOrEqual(t, s.OldestAge, 89*time.Second)
+	require.Less(t, s.OldestAge, time.Hour)
+
+	one, err := e.client.Stats(ctx, "s")
+	require.NoError(t, err)
+	require.Len(t, one, 1)
+	require.GreaterOrEqual(t, one[0].OldestAge, s.OldestAge)
+	one[0].OldestAge, s.OldestAge = 0, 0
+	require.Equal(t, s, one[0])
+}
+
+func TestPrune(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, &queue.Config{DoneRetention: time.Minute, KeyRetention: time.Minute})
+	ctx := testContext(t)
+	_, err := e.client.Enqueue(ctx, queue.EnqueueParams{Queue: "pr", Meta: meta(1), IdempotencyKey: "k1"})
+	require.NoError(t, err)
+	got, err := e.client.Claim(ctx, queue.ClaimParams{Queue: "pr", Limit: 1, Lease: time.Minute})
+	require.NoError(t, err)
+	ref := queue.RefOf(&got[0])
+	require.NoError(t, e.client.Complete(ctx, ref))
+
+	done, keys, err := e.client.Prune(ctx)
+	require.NoError(t, err)
+	require.Zero(t, done)
+	require.Zero(t, keys)
+
+	e.exec("UPDATE " + e.q("batch_done") + " SET done_at = now() - interval '2 minutes'")
+	e.exec("UPDATE " + e.q("batch_key") + " SET created_at = now() - interval '2 minutes'")
+	done, keys, err = e.client.Prune(ctx)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, done)
+	require.EqualValues(t, 1, keys)
+
+	// Past retention, the key can be used again and the repeat check is gone.
+	res, err := e.client.Enqueue(ctx, queue.EnqueueParams{Queue: "pr", Meta: meta(1), IdempotencyKey: "k1"})
+	require.NoError(t, err)
+	require.False(t, res.Duplicate)
+	require.ErrorIs(t, e.client.Complete(ctx, ref), queue.ErrLeaseLost)
+}

@@ -1,0 +1,209 @@
+package queue
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
+
+	"github.com/skiplock/skiplock/batch"
+)
+
+// DB is what a Client needs from a connection pool. A *pgxpool.Pool
+// satisfies it, and so does the writer-verified pool of the failover
+// package.
+type DB interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
+// querier is the part of DB and pgx.Tx the statements run on.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Client enqueues, claims and finishes batches in one schema. It is safe for
+// concurrent use; create one per pool and share it.
+type Client struct {
+	db     DB
+	cfg    *Config
+	log    *zap.Logger
+	sql    *statements
+	closed atomic.Bool
+
+	notifyMu sync.Mutex
+	notifier *notifier // started by the first runner that wants wake-ups
+}
+
+// New returns a Client on db. It does not touch the database; tables must
+// have been installed with the migrations package. It returns an
+// *ArgumentError for an invalid configuration.
+func New(db DB, cfg *Config) (*Client, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if db == nil {
+		return nil, argError("new", "db", "nil")
+	}
+	return &Client{
+		db:  db,
+		cfg: cfg,
+		log: cfg.Logger.Named("skiplock"),
+		sql: newStatements(cfg.Schema),
+	}, nil
+}
+
+// Close stops the client's LISTEN connection. Operations after Close return
+// ErrClosed; runners must be stopped first. Close does not close the DB.
+// A second Close is a no-op.
+func (c *Client) Close() error {
+	if c.closed.Swap(true) {
+		return nil
+	}
+	c.notifyMu.Lock()
+	n := c.notifier
+	c.notifier = nil
+	c.notifyMu.Unlock()
+	if n != nil {
+		n.stop()
+	}
+	return nil
+}
+
+func (c *Client) check(op string) error {
+	if c.closed.Load() {
+		return fmt.Errorf("%s: %w", op, ErrClosed)
+	}
+	return nil
+}
+
+// opContext bounds one round trip by OpTimeout.
+func (c *Client) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, c.cfg.OpTimeout)
+}
+
+// channel is the NOTIFY channel, or nil when wake-ups are disabled.
+func (c *Client) channel() any {
+	if c.cfg.DisableNotify {
+		return nil
+	}
+	return c.sql.channel
+}
+
+// Ref identifies one claim of a batch: its id and the lease token the claim
+// got. Complete, Fail, Extend and Release take Refs.
+type Ref struct {
+	ID    int64
+	Token int64
+}
+
+// RefOf returns the Ref of a claimed batch.
+func RefOf(b *batch.Batch) Ref { return Ref{ID: b.ID, Token: b.Lease.Token} }
+
+// newToken returns a random, non-zero lease token. Tokens are random rather
+// than sequential so that one cannot repeat after a failover that lost
+// recent commits.
+func newToken() int64 {
+	var b [8]byte
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			panic("skiplock: crypto/rand: " + err.Error())
+		}
+		if t := int64(binary.LittleEndian.Uint64(b[:]) >> 1); t != 0 {
+			return t
+		}
+	}
+}
+
+func scanBatch(row pgx.Row, b *batch.Batch) error {
+	var (
+		state     string
+		expiresAt *time.Time
+		part      int32
+	)
+	err := row.Scan(&b.ID, &b.Queue, &state, &b.Priority, &b.Attempt, &b.MaxAttempts, &b.RunAt, &b.CreatedAt,
+		&b.Lease.Token, &b.Lease.Owner, &expiresAt,
+		&b.IdempotencyKey, &b.PartitionKey, &b.URI,
+		&b.Source.Topic, &part, &b.Source.Start,
+		&b.Source.End, &b.EventCount, &b.ByteSize, &b.Payload, &b.LastError)
+	if err != nil {
+		return err
+	}
+	b.Source.Partition = part
+	b.State = batch.State(state)
+	if expiresAt != nil {
+		b.Lease.ExpiresAt = *expiresAt
+	}
+	return nil
+}
+
+func collectBatches(rows pgx.Rows) ([]batch.Batch, error) {
+	defer rows.Close()
+	var out []batch.Batch
+	for rows.Next() {
+		var b batch.Batch
+		if err := scanBatch(rows, &b); err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
+}
+
+// Get returns the batch with id as it is in the hot table. It returns
+// ErrNotFound if no such batch is queued, running or dead (completed batches
+// have left the table; see Completed).
+func (c *Client) Get(ctx context.Context, id int64) (*batch.Batch, error) {
+	if err := c.check("get"); err != nil {
+		return nil, err
+	}
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	var b batch.Batch
+	if err := scanBatch(c.db.QueryRow(ctx, c.sql.get, id), &b); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("get batch %d: %w", id, ErrNotFound)
+		}
+		return nil, fmt.Errorf("get batch %d: %w", id, err)
+	}
+	return &b, nil
+}
+
+// Completed reports whether a completion of batch id is on record (within
+// DoneRetention).
+func (c *Client) Completed(ctx context.Context, id int64) (bool, error) {
+	if err := c.check("completed"); err != nil {
+		return false, err
+	}
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	var done bool
+	if err := c.db.QueryRow(ctx, c.sql.done, id).Scan(&done); err != nil {
+		return false, fmt.Errorf("completed %d: %w", id, err)
+	}
+	return done, nil
+}
+
+// checkTables verifies that the schema's tables exist and can be read.
+func (c *Client) checkTables(ctx context.Context) error {
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	if _, err := c.db.Exec(ctx, c.sql.check); err != nil {
+		return fmt.Errorf("check tables in schema %q (were the migrations applied?): %w", short(c.cfg.Schema), err)
+	}
+	return nil
+}

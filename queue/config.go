@@ -1,0 +1,133 @@
+package queue
+
+import (
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/skiplock/skiplock/internal/sqlident"
+)
+
+// Defaults of Config.
+const (
+	// SchemaDefault matches the migrations package's default schema.
+	SchemaDefault           = "skiplock"
+	MaxAttemptsDefault      = 10
+	RetryBaseDefault        = time.Second
+	RetryMaxDefault         = 10 * time.Minute
+	OpTimeoutDefault        = 30 * time.Second
+	DoneRetentionDefault    = 24 * time.Hour
+	KeyRetentionDefault     = 7 * 24 * time.Hour
+	MaxAttemptsLimit        = 1000
+	MaxEnqueueBatchRows     = 5000 // rows per statement of the bulk path; larger calls are split inside one transaction
+	maxClaimedPayloadsBytes = 64 << 20
+)
+
+// Config configures a Client. A nil *Config means all defaults.
+type Config struct {
+	// Schema holds skiplock's tables, as installed by the migrations
+	// package. Defaults to SchemaDefault.
+	Schema string
+
+	// Logger receives the client's and its runners' logs, named "skiplock".
+	// Defaults to zap.NewNop().
+	Logger *zap.Logger
+
+	// MaxAttempts is the number of claims a batch gets before it is
+	// dead-lettered, unless its enqueue sets its own. Defaults to
+	// MaxAttemptsDefault; at most MaxAttemptsLimit.
+	MaxAttempts int
+
+	// RetryBase is the delay before the first retry of a failed batch. Each
+	// further attempt doubles it, up to RetryMax; the actual delay is drawn
+	// uniformly from [d/2, d] (jitter) by the database. Defaults to
+	// RetryBaseDefault.
+	RetryBase time.Duration
+
+	// RetryMax caps the retry delay. Defaults to RetryMaxDefault.
+	RetryMax time.Duration
+
+	// OpTimeout bounds each database round trip the client makes on behalf
+	// of a caller, in addition to the caller's context, so a connection that
+	// stops answering becomes an error instead of a hang. Defaults to
+	// OpTimeoutDefault.
+	OpTimeout time.Duration
+
+	// DoneRetention is how long completion records are kept. Within it, a
+	// repeated Complete with the token that completed a batch succeeds;
+	// afterwards it reports ErrLeaseLost. Defaults to DoneRetentionDefault.
+	DoneRetention time.Duration
+
+	// KeyRetention is how long idempotency keys are remembered after their
+	// enqueue. Within it, enqueueing the same key again adds nothing, even
+	// after the first batch completed. Defaults to KeyRetentionDefault.
+	KeyRetention time.Duration
+
+	// DisableNotify stops enqueues from sending NOTIFY wake-ups; runners then
+	// find new batches by polling only. Defaults to false.
+	DisableNotify bool
+}
+
+// WithDefaults returns a copy of c with every zero field set to its default.
+func (c *Config) WithDefaults() *Config {
+	out := Config{}
+	if c != nil {
+		out = *c
+	}
+	if out.Schema == "" {
+		out.Schema = SchemaDefault
+	}
+	if out.Logger == nil {
+		out.Logger = zap.NewNop()
+	}
+	if out.MaxAttempts == 0 {
+		out.MaxAttempts = MaxAttemptsDefault
+	}
+	if out.RetryBase == 0 {
+		out.RetryBase = RetryBaseDefault
+	}
+	if out.RetryMax == 0 {
+		out.RetryMax = RetryMaxDefault
+	}
+	if out.OpTimeout == 0 {
+		out.OpTimeout = OpTimeoutDefault
+	}
+	if out.DoneRetention == 0 {
+		out.DoneRetention = DoneRetentionDefault
+	}
+	if out.KeyRetention == 0 {
+		out.KeyRetention = KeyRetentionDefault
+	}
+	return &out
+}
+
+func (c *Config) validate() error {
+	if _, err := sqlident.Schema(c.Schema); err != nil {
+		return &ArgumentError{Op: "config", Field: "Schema", Reason: fmt.Sprintf("%q: %v", short(c.Schema), err), Err: err}
+	}
+	switch {
+	case c.MaxAttempts < 1 || c.MaxAttempts > MaxAttemptsLimit:
+		return argError("config", "MaxAttempts", "%d is outside 1..%d", c.MaxAttempts, MaxAttemptsLimit)
+	case c.RetryBase < time.Millisecond:
+		return argError("config", "RetryBase", "%s is below 1ms", c.RetryBase)
+	case c.RetryMax < c.RetryBase:
+		return argError("config", "RetryMax", "%s is below RetryBase %s", c.RetryMax, c.RetryBase)
+	case c.OpTimeout < 100*time.Millisecond:
+		return argError("config", "OpTimeout", "%s is below 100ms", c.OpTimeout)
+	case c.DoneRetention < time.Minute:
+		return argError("config", "DoneRetention", "%s is below 1m", c.DoneRetention)
+	case c.KeyRetention < time.Minute:
+		return argError("config", "KeyRetention", "%s is below 1m", c.KeyRetention)
+	}
+	return nil
+}
+
+// short keeps user-supplied strings in error messages to a readable size.
+func short(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "…"
+}

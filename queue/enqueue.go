@@ -1,0 +1,323 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/skiplock/skiplock/batch"
+)
+
+// EnqueueParams describes one batch to enqueue.
+type EnqueueParams struct {
+	// Queue names the queue. Required; see batch.ValidateQueueName.
+	Queue string
+
+	// Meta describes the events of the batch: where they are (URI and/or a
+	// source position) and how many. Validated with batch.Meta.Validate.
+	Meta batch.Meta
+
+	// IdempotencyKey makes the enqueue idempotent within the queue: while
+	// the key is remembered (Config.KeyRetention), enqueueing it again adds
+	// nothing and returns the first batch's id, even after that batch
+	// completed. Defaults to Meta.Source.Key() when Meta.Source is set, so
+	// re-enqueueing the same offset range after a producer crash is a no-op;
+	// empty otherwise (no key). At most batch.MaxIdempotencyKeyBytes.
+	IdempotencyKey string
+
+	// NoIdempotencyKey disables the default key derived from Meta.Source.
+	NoIdempotencyKey bool
+
+	// Priority orders claims: lower runs first. Defaults to 0.
+	Priority int16
+
+	// RunAt schedules the batch; it is not claimed before. Defaults to now
+	// (the database's clock) plus Delay.
+	RunAt time.Time
+
+	// Delay schedules the batch this long after the database's now. Not
+	// together with RunAt. Defaults to 0.
+	Delay time.Duration
+
+	// MaxAttempts overrides Config.MaxAttempts for this batch; at most
+	// MaxAttemptsLimit. Defaults to Config.MaxAttempts.
+	MaxAttempts int
+}
+
+// EnqueueResult reports the outcome of one enqueued batch.
+type EnqueueResult struct {
+	// ID is the batch's id. For a duplicate it is the id of the batch that
+	// first used the idempotency key (which may have completed since).
+	ID int64
+	// Duplicate is true when the idempotency key was already known and
+	// nothing was added.
+	Duplicate bool
+}
+
+// Enqueue adds one batch. It returns an *ArgumentError, and writes nothing,
+// for invalid params. When the key is a duplicate the result says so and
+// nothing is written. Enqueue is idempotent when it has a key, so it can be
+// retried safely after an error whose outcome is unknown.
+func (c *Client) Enqueue(ctx context.Context, p EnqueueParams) (EnqueueResult, error) {
+	res, err := c.EnqueueMany(ctx, []EnqueueParams{p})
+	if err != nil {
+		return EnqueueResult{}, err
+	}
+	return res[0], nil
+}
+
+// EnqueueTx is Enqueue inside the caller's transaction: the batch becomes
+// visible, and its runners are woken, only when tx commits, and disappears
+// if tx rolls back.
+func (c *Client) EnqueueTx(ctx context.Context, tx pgx.Tx, p EnqueueParams) (EnqueueResult, error) {
+	res, err := c.EnqueueManyTx(ctx, tx, []EnqueueParams{p})
+	if err != nil {
+		return EnqueueResult{}, err
+	}
+	return res[0], nil
+}
+
+// EnqueueMany adds many batches, atomically: all are written or none. Rows
+// go to the database as arrays, MaxEnqueueBatchRows per statement, in one
+// transaction when there is more than one statement. Results are in the
+// order of ps. An invalid element makes the whole call fail with an
+// *ArgumentError naming its index, before anything is written.
+func (c *Client) EnqueueMany(ctx context.Context, ps []EnqueueParams) ([]EnqueueResult, error) {
+	if err := c.check("enqueue"); err != nil {
+		return nil, err
+	}
+	cols, err := c.columns(ps)
+	if err != nil || len(ps) == 0 {
+		return nil, err
+	}
+	if len(ps) <= MaxEnqueueBatchRows {
+		return c.enqueue(ctx, c.db, ps, cols)
+	}
+	var out []EnqueueResult
+	err = pgx.BeginFunc(ctx, c.db, func(tx pgx.Tx) error {
+		out, err = c.enqueue(ctx, tx, ps, cols)
+		return err
+	})
+	return out, err
+}
+
+// EnqueueManyTx is EnqueueMany inside the caller's transaction.
+func (c *Client) EnqueueManyTx(ctx context.Context, tx pgx.Tx, ps []EnqueueParams) ([]EnqueueResult, error) {
+	if err := c.check("enqueue"); err != nil {
+		return nil, err
+	}
+	if tx == nil {
+		return nil, argError("enqueue", "tx", "nil")
+	}
+	cols, err := c.columns(ps)
+	if err != nil || len(ps) == 0 {
+		return nil, err
+	}
+	return c.enqueue(ctx, tx, ps, cols)
+}
+
+// enqueueColumns holds EnqueueParams as one array per column. Arrays that
+// would hold only defaults stay nil and travel as NULL.
+type enqueueColumns struct {
+	queue, key               []string
+	priority                 []int16
+	runAt                    []pgtype.Timestamptz
+	delay                    []int64
+	maxAttempts              []int32
+	partKey, uri, topic      []string
+	partition                []int32
+	start, end, events, size []int64
+	payload                  [][]byte
+	keyed                    bool
+}
+
+func (c *Client) columns(ps []EnqueueParams) (*enqueueColumns, error) {
+	n := len(ps)
+	cols := &enqueueColumns{
+		queue:       make([]string, n),
+		key:         make([]string, n),
+		maxAttempts: make([]int32, n),
+	}
+	for i := range ps {
+		p := &ps[i]
+		key, err := c.validateEnqueue(p)
+		if err != nil {
+			if n > 1 {
+				if ae, ok := err.(*ArgumentError); ok {
+					ae.Field = fmt.Sprintf("[%d].%s", i, ae.Field)
+				}
+			}
+			return nil, err
+		}
+		cols.queue[i] = p.Queue
+		cols.key[i] = key
+		cols.keyed = cols.keyed || key != ""
+		cols.maxAttempts[i] = int32(p.MaxAttempts)
+		if cols.maxAttempts[i] == 0 {
+			cols.maxAttempts[i] = int32(c.cfg.MaxAttempts)
+		}
+		set(&cols.priority, n, i, p.Priority, p.Priority != 0)
+		set(&cols.runAt, n, i, pgtype.Timestamptz{Time: p.RunAt, Valid: true}, !p.RunAt.IsZero())
+		set(&cols.delay, n, i, p.Delay.Microseconds(), p.Delay != 0)
+		m := &p.Meta
+		set(&cols.partKey, n, i, m.PartitionKey, m.PartitionKey != "")
+		set(&cols.uri, n, i, m.URI, m.URI != "")
+		if !m.Source.IsZero() {
+			set(&cols.topic, n, i, m.Source.Topic, true)
+			set(&cols.partition, n, i, m.Source.Partition, true)
+			set(&cols.start, n, i, m.Source.Start, true)
+			set(&cols.end, n, i, m.Source.End, true)
+		}
+		set(&cols.events, n, i, m.EventCount, m.EventCount != 0)
+		set(&cols.size, n, i, m.ByteSize, m.ByteSize != 0)
+		set(&cols.payload, n, i, m.Payload, m.Payload != nil)
+	}
+	if !cols.keyed {
+		cols.key = nil
+	}
+	return cols, nil
+}
+
+// set stores v at index i of *col, allocating the column (length n) the
+// first time a row needs it.
+func set[T any](col *[]T, n, i int, v T, needed bool) {
+	if !needed {
+		return
+	}
+	if *col == nil {
+		*col = make([]T, n)
+	}
+	(*col)[i] = v
+}
+
+// validateEnqueue checks p and returns its effective idempotency key.
+func (c *Client) validateEnqueue(p *EnqueueParams) (string, error) {
+	const op = "enqueue"
+	if err := batch.ValidateQueueName(p.Queue); err != nil {
+		return "", &ArgumentError{Op: op, Field: "Queue", Reason: err.Error(), Err: err}
+	}
+	if err := p.Meta.Validate(); err != nil {
+		return "", &ArgumentError{Op: op, Field: "Meta", Reason: err.Error(), Err: err}
+	}
+	if p.Delay < 0 {
+		return "", argError(op, "Delay", "negative (%s)", p.Delay)
+	}
+	if p.Delay != 0 && !p.RunAt.IsZero() {
+		return "", argError(op, "Delay", "set together with RunAt")
+	}
+	if p.MaxAttempts < 0 || p.MaxAttempts > MaxAttemptsLimit {
+		return "", argError(op, "MaxAttempts", "%d is outside 1..%d", p.MaxAttempts, MaxAttemptsLimit)
+	}
+	key := p.IdempotencyKey
+	if key == "" && !p.NoIdempotencyKey && !p.Meta.Source.IsZero() {
+		key = p.Meta.Source.Key()
+	}
+	if err := batch.ValidateIdempotencyKey(key); err != nil {
+		return "", &ArgumentError{Op: op, Field: "IdempotencyKey", Reason: err.Error(), Err: err}
+	}
+	return key, nil
+}
+
+func containsNUL(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Client) enqueue(ctx context.Context, q querier, ps []EnqueueParams, cols *enqueueColumns) ([]EnqueueResult, error) {
+	out := make([]EnqueueResult, len(ps))
+	var dupIdx []int
+	for lo := 0; lo < len(ps); lo += MaxEnqueueBatchRows {
+		hi := min(lo+MaxEnqueueBatchRows, len(ps))
+		ids, err := c.enqueueChunk(ctx, q, cols, lo, hi)
+		if err != nil {
+			return nil, err
+		}
+		for j, id := range ids {
+			if id == nil {
+				dupIdx = append(dupIdx, lo+j)
+				continue
+			}
+			out[lo+j].ID = *id
+		}
+	}
+	if len(dupIdx) > 0 {
+		if err := c.lookupDuplicates(ctx, q, cols, dupIdx, out); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func (c *Client) enqueueChunk(ctx context.Context, q querier, cols *enqueueColumns, lo, hi int) ([]*int64, error) {
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	rows, err := q.Query(ctx, c.sql.enqueue, c.sql.sequence,
+		cols.queue[lo:hi], part(cols.key, lo, hi), part(cols.priority, lo, hi), part(cols.runAt, lo, hi),
+		part(cols.delay, lo, hi), cols.maxAttempts[lo:hi], part(cols.partKey, lo, hi), part(cols.uri, lo, hi),
+		part(cols.topic, lo, hi), part(cols.partition, lo, hi), part(cols.start, lo, hi), part(cols.end, lo, hi),
+		part(cols.events, lo, hi), part(cols.size, lo, hi), part(cols.payload, lo, hi), c.channel())
+	if err != nil {
+		return nil, fmt.Errorf("enqueue %d batches into %q: %w", hi-lo, short(cols.queue[lo]), err)
+	}
+	ids := make([]*int64, 0, hi-lo)
+	var ord, woken int64
+	var id *int64
+	_, err = pgx.ForEachRow(rows, []any{&ord, &id, &woken}, func() error {
+		ids = append(ids, id)
+		id = nil
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("enqueue %d batches into %q: %w", hi-lo, short(cols.queue[lo]), err)
+	}
+	if len(ids) != hi-lo {
+		return nil, fmt.Errorf("enqueue: %d results for %d batches", len(ids), hi-lo)
+	}
+	return ids, nil
+}
+
+// part returns col[lo:hi], or nil for a column nobody set.
+func part[T any](col []T, lo, hi int) []T {
+	if col == nil {
+		return nil
+	}
+	return col[lo:hi]
+}
+
+// lookupDuplicates fills in the ids of batches whose keys were already
+// known. It runs as a separate statement, so it sees keys whose insert
+// committed while the enqueue statement waited for them.
+func (c *Client) lookupDuplicates(ctx context.Context, q querier, cols *enqueueColumns, idx []int, out []EnqueueResult) error {
+	queues := make([]string, len(idx))
+	keys := make([]string, len(idx))
+	for j, i := range idx {
+		queues[j], keys[j] = cols.queue[i], cols.key[i]
+	}
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	rows, err := q.Query(ctx, c.sql.keyLookup, queues, keys)
+	if err != nil {
+		return fmt.Errorf("enqueue: look up duplicate keys: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[*int64])
+	if err != nil {
+		return fmt.Errorf("enqueue: look up duplicate keys: %w", err)
+	}
+	if len(ids) != len(idx) {
+		return fmt.Errorf("enqueue: %d key lookups for %d duplicates", len(ids), len(idx))
+	}
+	for j, i := range idx {
+		out[i].Duplicate = true
+		if ids[j] != nil {
+			out[i].ID = *ids[j]
+		}
+	}
+	return nil
+}

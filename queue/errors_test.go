@@ -1,0 +1,5 @@
+package queue_test
+
+import "errors"
+
+var errTest = errors.New("test failure")

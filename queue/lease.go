@@ -1,0 +1,484 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/skiplock/skiplock/batch"
+)
+
+// Limits of claims and leases.
+const (
+	MaxClaimSize     = 1000 // batches per claim
+	MinLeaseDuration = time.Second
+	MaxLeaseDuration = 24 * time.Hour
+	MaxOwnerBytes    = 200
+	reclaimLimit     = 1000 // expired leases reclaimed per statement
+)
+
+// ClaimParams describes one claim.
+type ClaimParams struct {
+	// Queue to claim from. Required.
+	Queue string
+	// Limit is the most batches to claim, 1..MaxClaimSize. Required.
+	Limit int
+	// Lease is how long the claim holds the batches unless extended,
+	// MinLeaseDuration..MaxLeaseDuration. Required.
+	Lease time.Duration
+	// Owner is recorded with the lease for operators. Defaults to
+	// "<hostname>/<pid>".
+	Owner string
+}
+
+var defaultOwner = func() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	return fmt.Sprintf("%s/%d", host, os.Getpid())
+}()
+
+func validateClaim(p *ClaimParams) error {
+	const op = "claim"
+	if err := batch.ValidateQueueName(p.Queue); err != nil {
+		return &ArgumentError{Op: op, Field: "Queue", Reason: err.Error(), Err: err}
+	}
+	if p.Limit < 1 || p.Limit > MaxClaimSize {
+		return argError(op, "Limit", "%d is outside 1..%d", p.Limit, MaxClaimSize)
+	}
+	if err := validateLease(op, "Lease", p.Lease); err != nil {
+		return err
+	}
+	if len(p.Owner) > MaxOwnerBytes || containsNUL(p.Owner) {
+		return argError(op, "Owner", "longer than %d bytes or contains NUL", MaxOwnerBytes)
+	}
+	return nil
+}
+
+func validateLease(op, field string, d time.Duration) error {
+	if d < MinLeaseDuration || d > MaxLeaseDuration {
+		return argError(op, field, "%s is outside %s..%s", d, MinLeaseDuration, MaxLeaseDuration)
+	}
+	return nil
+}
+
+// Claim takes up to p.Limit runnable batches of a queue in one round trip
+// (SELECT ... FOR UPDATE SKIP LOCKED), in priority, run-at, id order, and
+// leases them: each gets a fresh random token, the owner, an expiry p.Lease
+// from the database's now, and one more attempt. It returns no batches, and
+// no error, when nothing is runnable or the queue is paused. Batches whose
+// lease expired become claimable again once ReclaimExpired (which every
+// Runner calls periodically) has run.
+func (c *Client) Claim(ctx context.Context, p ClaimParams) ([]batch.Batch, error) {
+	if err := c.check("claim"); err != nil {
+		return nil, err
+	}
+	if err := validateClaim(&p); err != nil {
+		return nil, err
+	}
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	return c.claim(ctx, c.db, p, newToken())
+}
+
+func (c *Client) claim(ctx context.Context, q querier, p ClaimParams, token int64) ([]batch.Batch, error) {
+	owner := p.Owner
+	if owner == "" {
+		owner = defaultOwner
+	}
+	rows, err := q.Query(ctx, c.sql.claim, p.Queue, p.Limit, token, owner, p.Lease.Microseconds())
+	if err != nil {
+		return nil, fmt.Errorf("claim %q: %w", short(p.Queue), err)
+	}
+	bs, err := collectBatches(rows)
+	if err != nil {
+		return nil, fmt.Errorf("claim %q: %w", short(p.Queue), err)
+	}
+	sortClaimed(bs)
+	return bs, nil
+}
+
+// sortClaimed puts claimed batches in claim order (UPDATE ... RETURNING
+// does not keep the order of the rows it picked).
+func sortClaimed(bs []batch.Batch) {
+	slices.SortFunc(bs, func(a, b batch.Batch) int {
+		if a.Priority != b.Priority {
+			return int(a.Priority) - int(b.Priority)
+		}
+		if c := a.RunAt.Compare(b.RunAt); c != 0 {
+			return c
+		}
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+}
+
+// refArrays returns the ids and tokens of refs as arrays sorted by id, so
+// concurrent bulk statements lock rows in the same order.
+func refArrays(refs []Ref) (ids, tokens []int64) {
+	sorted := slices.Clone(refs)
+	slices.SortFunc(sorted, func(a, b Ref) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	ids = make([]int64, len(sorted))
+	tokens = make([]int64, len(sorted))
+	for i, r := range sorted {
+		ids[i], tokens[i] = r.ID, r.Token
+	}
+	return ids, tokens
+}
+
+// missing returns the refs whose id is not in done.
+func missing(refs []Ref, done map[int64]bool) []Ref {
+	var out []Ref
+	for _, r := range refs {
+		if !done[r.ID] {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func leaseLost(op string, r Ref) error {
+	return fmt.Errorf("%s batch %d: %w", op, r.ID, ErrLeaseLost)
+}
+
+// Complete finishes a batch: it leaves the queue for good. It returns
+// ErrLeaseLost if ref's token no longer holds the batch. Repeating a
+// Complete that succeeded (for example after a connection error left its
+// outcome unknown) returns nil, so Complete is safe to retry.
+func (c *Client) Complete(ctx context.Context, ref Ref) error {
+	lost, err := c.CompleteMany(ctx, []Ref{ref})
+	if err != nil {
+		return err
+	}
+	if len(lost) > 0 {
+		return leaseLost("complete", ref)
+	}
+	return nil
+}
+
+// CompleteTx is Complete inside the caller's transaction, so a handler can
+// commit its own writes and the completion atomically.
+func (c *Client) CompleteTx(ctx context.Context, tx pgx.Tx, ref Ref) error {
+	if err := c.check("complete"); err != nil {
+		return err
+	}
+	if tx == nil {
+		return argError("complete", "tx", "nil")
+	}
+	lost, err := c.complete(ctx, tx, []Ref{ref})
+	if err != nil {
+		return err
+	}
+	if len(lost) > 0 {
+		return leaseLost("complete", ref)
+	}
+	return nil
+}
+
+// CompleteMany completes many batches in one statement. It returns the refs
+// whose lease was lost (the others are complete); err is for the call as a
+// whole, after which the outcome of each completion is unknown and the call
+// can be repeated.
+func (c *Client) CompleteMany(ctx context.Context, refs []Ref) (lost []Ref, err error) {
+	if err := c.check("complete"); err != nil {
+		return nil, err
+	}
+	return c.complete(ctx, c.db, refs)
+}
+
+func (c *Client) complete(ctx context.Context, q querier, refs []Ref) ([]Ref, error) {
+	if len(refs) == 0 {
+		return nil, nil
+	}
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	ids, tokens := refArrays(refs)
+	rows, err := q.Query(ctx, c.sql.complete, ids, tokens)
+	if err != nil {
+		return nil, fmt.Errorf("complete %d batches: %w", len(refs), err)
+	}
+	done, err := idSet(rows)
+	if err != nil {
+		return nil, fmt.Errorf("complete %d batches: %w", len(refs), err)
+	}
+	rest := missing(refs, done)
+	if len(rest) == 0 {
+		return nil, nil
+	}
+	return c.completeRepeat(ctx, q, rest)
+}
+
+// completeRepeat sorts completions the first statement did not apply into
+// repeats of a completion under the same token (success) and lost leases.
+func (c *Client) completeRepeat(ctx context.Context, q querier, refs []Ref) ([]Ref, error) {
+	ids, tokens := refArrays(refs)
+	rows, err := q.Query(ctx, c.sql.completeRepeat, ids, tokens)
+	if err != nil {
+		return nil, fmt.Errorf("complete: check %d repeats: %w", len(refs), err)
+	}
+	repeated := map[int64]bool{}
+	var id int64
+	var same bool
+	_, err = pgx.ForEachRow(rows, []any{&id, &same}, func() error {
+		if same {
+			repeated[id] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("complete: check %d repeats: %w", len(refs), err)
+	}
+	return missing(refs, repeated), nil
+}
+
+func idSet(rows pgx.Rows) (map[int64]bool, error) {
+	set := map[int64]bool{}
+	var id int64
+	_, err := pgx.ForEachRow(rows, []any{&id}, func() error {
+		set[id] = true
+		return nil
+	})
+	return set, err
+}
+
+// Failure is one failed batch for FailMany.
+type Failure struct {
+	Ref Ref
+	// Err is recorded as the batch's last error (truncated to
+	// batch.MaxLastErrorBytes). An error wrapped with Permanent dead-letters
+	// the batch at once.
+	Err error
+	// RetryAfter overrides the computed retry delay when positive.
+	RetryAfter time.Duration
+}
+
+// FailResult reports what FailMany did.
+type FailResult struct {
+	Retried []int64 // scheduled for another attempt
+	Dead    []int64 // dead-lettered: last attempt, or a Permanent error
+	Lost    []Ref   // lease lost; nothing changed
+}
+
+// Fail records a failed attempt of a batch: it is retried after a delay
+// growing exponentially with its attempts (Config.RetryBase, RetryMax, with
+// jitter), or dead-lettered with cause as its last error when that was its
+// last attempt or cause is Permanent. dead reports which. It returns
+// ErrLeaseLost if ref's token no longer holds the batch.
+func (c *Client) Fail(ctx context.Context, ref Ref, cause error) (dead bool, err error) {
+	res, err := c.FailMany(ctx, []Failure{{Ref: ref, Err: cause}})
+	if err != nil {
+		return false, err
+	}
+	if len(res.Lost) > 0 {
+		return false, leaseLost("fail", ref)
+	}
+	return len(res.Dead) > 0, nil
+}
+
+// FailMany fails many batches in one statement; see Fail.
+func (c *Client) FailMany(ctx context.Context, fs []Failure) (FailResult, error) {
+	if err := c.check("fail"); err != nil {
+		return FailResult{}, err
+	}
+	if len(fs) == 0 {
+		return FailResult{}, nil
+	}
+	n := len(fs)
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	rows, err := c.db.Query(ctx, c.sql.fail, c.failArgs(fs)...)
+	if err != nil {
+		return FailResult{}, fmt.Errorf("fail %d batches: %w", n, err)
+	}
+	var res FailResult
+	applied := map[int64]bool{}
+	var id int64
+	var dead bool
+	_, err = pgx.ForEachRow(rows, []any{&id, &dead}, func() error {
+		applied[id] = true
+		if dead {
+			res.Dead = append(res.Dead, id)
+		} else {
+			res.Retried = append(res.Retried, id)
+		}
+		return nil
+	})
+	if err != nil {
+		return FailResult{}, fmt.Errorf("fail %d batches: %w", n, err)
+	}
+	for _, f := range fs {
+		if !applied[f.Ref.ID] {
+			res.Lost = append(res.Lost, f.Ref)
+		}
+	}
+	return res, nil
+}
+
+// failArgs returns the parameters of the fail statement for fs, sorted by
+// batch id.
+func (c *Client) failArgs(fs []Failure) []any {
+	sorted := slices.Clone(fs)
+	slices.SortFunc(sorted, func(a, b Failure) int {
+		switch {
+		case a.Ref.ID < b.Ref.ID:
+			return -1
+		case a.Ref.ID > b.Ref.ID:
+			return 1
+		}
+		return 0
+	})
+	n := len(sorted)
+	ids, tokens := make([]int64, n), make([]int64, n)
+	msgs, perm := make([]string, n), make([]bool, n)
+	delays := make([]*int64, n)
+	for i, f := range sorted {
+		ids[i], tokens[i] = f.Ref.ID, f.Ref.Token
+		msgs[i] = errorText(f.Err)
+		perm[i] = IsPermanent(f.Err)
+		if f.RetryAfter > 0 {
+			us := f.RetryAfter.Microseconds()
+			delays[i] = &us
+		}
+	}
+	return []any{ids, tokens, msgs, perm, c.cfg.RetryBase.Microseconds(), c.cfg.RetryMax.Microseconds(), delays}
+}
+
+// errorText is the last_error stored for err: valid UTF-8, no NUL bytes
+// (PostgreSQL text cannot hold them), at most batch.MaxLastErrorBytes.
+func errorText(err error) string {
+	if err == nil {
+		return "failed without an error"
+	}
+	s := err.Error()
+	if containsNUL(s) {
+		b := []byte(s)
+		for i := range b {
+			if b[i] == 0 {
+				b[i] = ' '
+			}
+		}
+		s = string(b)
+	}
+	return batch.TruncateError(s)
+}
+
+// Extend renews a lease: it now expires lease from the database's now. It
+// returns ErrLeaseLost if ref's token no longer holds the batch.
+func (c *Client) Extend(ctx context.Context, ref Ref, lease time.Duration) error {
+	lost, err := c.ExtendMany(ctx, []Ref{ref}, lease)
+	if err != nil {
+		return err
+	}
+	if len(lost) > 0 {
+		return leaseLost("extend", ref)
+	}
+	return nil
+}
+
+// ExtendMany renews many leases in one statement and returns the refs whose
+// lease was lost. Extending is idempotent and safe to retry.
+func (c *Client) ExtendMany(ctx context.Context, refs []Ref, lease time.Duration) (lost []Ref, err error) {
+	if err := c.check("extend"); err != nil {
+		return nil, err
+	}
+	if err := validateLease("extend", "lease", lease); err != nil {
+		return nil, err
+	}
+	return c.updateLeases(ctx, "extend", c.sql.extend, refs, lease.Microseconds())
+}
+
+// Release gives a batch back without counting the attempt: it is claimable
+// again at once, in its old place in line. It returns ErrLeaseLost if ref's
+// token no longer holds the batch.
+func (c *Client) Release(ctx context.Context, ref Ref) error {
+	lost, err := c.ReleaseMany(ctx, []Ref{ref})
+	if err != nil {
+		return err
+	}
+	if len(lost) > 0 {
+		return leaseLost("release", ref)
+	}
+	return nil
+}
+
+// ReleaseMany releases many batches in one statement and returns the refs
+// whose lease was lost.
+func (c *Client) ReleaseMany(ctx context.Context, refs []Ref) (lost []Ref, err error) {
+	if err := c.check("release"); err != nil {
+		return nil, err
+	}
+	return c.updateLeases(ctx, "release", c.sql.release, refs)
+}
+
+func (c *Client) updateLeases(ctx context.Context, op, query string, refs []Ref, extra ...any) ([]Ref, error) {
+	if len(refs) == 0 {
+		return nil, nil
+	}
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	ids, tokens := refArrays(refs)
+	rows, err := c.db.Query(ctx, query, append([]any{ids, tokens}, extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("%s %d batches: %w", op, len(refs), err)
+	}
+	applied, err := idSet(rows)
+	if err != nil {
+		return nil, fmt.Errorf("%s %d batches: %w", op, len(refs), err)
+	}
+	return missing(refs, applied), nil
+}
+
+// ReclaimExpired makes batches whose lease expired claimable again, or
+// dead-letters them when that lease was their last attempt. An empty queue
+// means every queue. It handles at most 1000 batches per call and reports
+// how many it made available and how many it dead-lettered.
+func (c *Client) ReclaimExpired(ctx context.Context, queue string) (available, dead int, err error) {
+	if err := c.check("reclaim"); err != nil {
+		return 0, 0, err
+	}
+	var q any
+	if queue != "" {
+		if err := batch.ValidateQueueName(queue); err != nil {
+			return 0, 0, &ArgumentError{Op: "reclaim", Field: "queue", Reason: err.Error(), Err: err}
+		}
+		q = queue
+	}
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	rows, err := c.db.Query(ctx, c.sql.reclaim, q, reclaimLimit)
+	if err != nil {
+		return 0, 0, fmt.Errorf("reclaim expired leases: %w", err)
+	}
+	var id int64
+	var isDead bool
+	_, err = pgx.ForEachRow(rows, []any{&id, &isDead}, func() error {
+		if isDead {
+			dead++
+		} else {
+			available++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("reclaim expired leases: %w", err)
+	}
+	return available, dead, nil
+}

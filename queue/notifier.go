@@ -1,0 +1,164 @@
+package queue
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgxlisten"
+	"go.uber.org/zap"
+)
+
+// ListenConnector is implemented by a DB that can open a dedicated
+// connection for LISTEN, such as the failover package's pool (which opens it
+// to the verified writer). For a DB without it, a *pgxpool.Pool's own
+// configuration is used; a DB with neither gets no wake-ups, only polling.
+type ListenConnector interface {
+	ConnectListener(ctx context.Context) (*pgx.Conn, error)
+}
+
+// listenReconnectDelay replaces pgxlisten's default of one minute: after a
+// failover the listener should be back within about a second.
+const listenReconnectDelay = 500 * time.Millisecond
+
+// notifier holds one LISTEN connection per Client and fans notifications
+// out to the runners of each queue.
+type notifier struct {
+	log     *zap.Logger
+	connect func(ctx context.Context) (*pgx.Conn, error)
+	channel string
+
+	mu      sync.Mutex
+	subs    map[string]map[chan struct{}]struct{}
+	ready   chan struct{} // closed once LISTEN is in place the first time
+	isReady bool
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+// listenConnect returns how to open a LISTEN connection for db, or nil.
+func listenConnect(db DB) func(ctx context.Context) (*pgx.Conn, error) {
+	switch d := db.(type) {
+	case ListenConnector:
+		return d.ConnectListener
+	case interface{ Config() *pgxpool.Config }:
+		cfg := d.Config().ConnConfig
+		return func(ctx context.Context) (*pgx.Conn, error) {
+			return pgx.ConnectConfig(ctx, cfg.Copy())
+		}
+	}
+	return nil
+}
+
+// subscribe returns a channel that receives a value (coalesced) whenever
+// queue may have new runnable batches, a channel closed once the listener
+// is in place, and a function that ends the subscription. With wake-ups
+// disabled or unavailable both channels are nil.
+func (c *Client) subscribe(queue string) (wake <-chan struct{}, ready <-chan struct{}, unsubscribe func()) {
+	if c.cfg.DisableNotify {
+		return nil, nil, func() {}
+	}
+	c.notifyMu.Lock()
+	defer c.notifyMu.Unlock()
+	if c.notifier == nil {
+		connect := listenConnect(c.db)
+		if connect == nil {
+			c.log.Info("no LISTEN connection available for this DB; runners poll only")
+			return nil, nil, func() {}
+		}
+		c.notifier = startNotifier(c.log.Named("listen"), connect, c.sql.channel)
+	}
+	return c.notifier.subscribe(queue)
+}
+
+func startNotifier(log *zap.Logger, connect func(context.Context) (*pgx.Conn, error), channel string) *notifier {
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &notifier{
+		log:     log,
+		connect: connect,
+		channel: channel,
+		subs:    map[string]map[chan struct{}]struct{}{},
+		ready:   make(chan struct{}),
+		cancel:  cancel,
+		done:    make(chan struct{}),
+	}
+	l := &pgxlisten.Listener{
+		Connect:        connect,
+		ReconnectDelay: listenReconnectDelay,
+		LogError: func(ctx context.Context, err error) {
+			if ctx.Err() == nil {
+				log.Warn("listener error; reconnecting", zap.Error(err))
+			}
+		},
+	}
+	l.Handle(channel, n)
+	go func() {
+		defer close(n.done)
+		_ = l.Listen(ctx) // returns only when ctx is cancelled
+	}()
+	return n
+}
+
+func (n *notifier) subscribe(queue string) (<-chan struct{}, <-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.subs[queue] == nil {
+		n.subs[queue] = map[chan struct{}]struct{}{}
+	}
+	n.subs[queue][ch] = struct{}{}
+	return ch, n.ready, func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		delete(n.subs[queue], ch)
+		if len(n.subs[queue]) == 0 {
+			delete(n.subs, queue)
+		}
+	}
+}
+
+// HandleNotification wakes the runners of the queue named by the payload.
+func (n *notifier) HandleNotification(_ context.Context, nt *pgconn.Notification, _ *pgx.Conn) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for ch := range n.subs[nt.Payload] {
+		wakeUp(ch)
+	}
+	return nil
+}
+
+// HandleBacklog runs after every (re)connect, once LISTEN is in place:
+// notifications sent while disconnected are gone, so every runner is woken
+// to look for itself.
+func (n *notifier) HandleBacklog(context.Context, string, *pgx.Conn) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.isReady {
+		n.isReady = true
+		close(n.ready)
+	} else {
+		n.log.Info("listener reconnected")
+	}
+	for _, subs := range n.subs {
+		for ch := range subs {
+			wakeUp(ch)
+		}
+	}
+	return nil
+}
+
+func (n *notifier) stop() {
+	n.cancel()
+	<-n.done
+}
+
+// wakeUp sends a coalesced wake-up: if one is already pending, it is enough.
+func wakeUp(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}

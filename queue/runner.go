@@ -1,0 +1,761 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+
+	"github.com/skiplock/skiplock/batch"
+)
+
+var (
+	// ErrShutdown is the cause of a handler context cancelled because the
+	// runner is stopping (StopAndCancel, or a Stop that ran out of time).
+	ErrShutdown = errors.New("skiplock: runner shutting down")
+
+	// ErrLeaseNotRenewed is the cause of a handler context cancelled because
+	// the batch's lease could not be renewed and is about to expire.
+	ErrLeaseNotRenewed = errors.New("skiplock: lease could not be renewed before expiry")
+)
+
+// Runner claims batches of one queue and runs a handler on each, with
+// leases renewed while handlers run. Create it with NewRunner, then Start,
+// and Stop it before exit. It is safe for concurrent use.
+type Runner struct {
+	c   *Client
+	cfg *RunnerConfig
+	log *zap.Logger
+
+	mu       sync.Mutex
+	state    runnerState
+	inflight map[int64]*job // claimed and not yet acknowledged
+
+	results    chan *job     // handlers report here; capacity Concurrency
+	kick       chan struct{} // internal wake-ups (reclaimed leases)
+	stopClaims chan struct{} // closed when Stop begins
+	abandon    chan struct{} // closed when Stop gives up waiting
+	loopDone   chan struct{} // closed when the claim loop exits
+	stopped    chan struct{} // closed when Stop has finished
+
+	cancelledAll bool // set by cancelAll, under mu
+	bgCancel     context.CancelFunc
+	bg           sync.WaitGroup // heartbeat and reclaim loops
+	handlers     sync.WaitGroup
+
+	wake        <-chan struct{}
+	unsubscribe func()
+	rtTimeout   time.Duration
+
+	stats runnerCounters
+}
+
+type runnerState int
+
+const (
+	stateNew runnerState = iota
+	stateRunning
+	stateStopping
+	stateStopped
+)
+
+// job is one claimed batch while its handler runs and until its outcome is
+// acknowledged to the database.
+type job struct {
+	b      batch.Batch
+	ref    Ref
+	cancel context.CancelCauseFunc
+	fence  *time.Timer // cancels the handler's context before the lease expires
+	lost   atomic.Bool // a renewal found the lease gone
+	done   atomic.Bool // the handler returned
+
+	err   error // the handler's result
+	cause error // why its context was cancelled, if it was
+}
+
+type runnerCounters struct {
+	claimed, completed, retried, dead, released, leaseLost, panics atomic.Int64
+	heartbeatErrors, roundTripErrors, reclaimed                    atomic.Int64
+}
+
+// RunnerStats are counters since the runner started.
+type RunnerStats struct {
+	Claimed         int64 // batches claimed
+	Completed       int64 // completions accepted
+	Retried         int64 // failures scheduled for another attempt
+	Dead            int64 // failures dead-lettered
+	Released        int64 // batches given back (shutdown, lease not renewed)
+	LeaseLost       int64 // acknowledgements refused because the lease was lost
+	Panics          int64 // handler panics (counted as failures)
+	HeartbeatErrors int64 // lease renewals that failed as a whole
+	RoundTripErrors int64 // claim/acknowledge round trips that failed (and were retried)
+	Reclaimed       int64 // expired leases of the queue made claimable again by this runner
+	Running         int   // handlers running now
+}
+
+// NewRunner returns a Runner for c. It checks cfg and returns an
+// *ArgumentError naming the field for a bad one; it does not touch the
+// database.
+func NewRunner(c *Client, cfg *RunnerConfig) (*Runner, error) {
+	if c == nil {
+		return nil, argError("runner config", "client", "nil")
+	}
+	if err := c.check("new runner"); err != nil {
+		return nil, err
+	}
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = c.log
+	}
+	return &Runner{
+		c:          c,
+		cfg:        cfg,
+		log:        log.Named("runner").With(zap.String("queue", cfg.Queue)),
+		inflight:   map[int64]*job{},
+		results:    make(chan *job, cfg.Concurrency),
+		kick:       make(chan struct{}, 1),
+		stopClaims: make(chan struct{}),
+		abandon:    make(chan struct{}),
+		loopDone:   make(chan struct{}),
+		stopped:    make(chan struct{}),
+		rtTimeout:  min(c.cfg.OpTimeout, max(cfg.LeaseDuration/3, time.Second)),
+	}, nil
+}
+
+// Start checks that the queue's tables are reachable, starts listening for
+// wake-ups and starts claiming. It fails fast, starting nothing, if the
+// database cannot be queried. It waits (bounded by ctx, at most 5s) for the
+// LISTEN connection; without it the runner still works by polling. Start
+// after Stop returns ErrClosed.
+func (r *Runner) Start(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch r.state {
+	case stateRunning:
+		return fmt.Errorf("start runner %q: already started", short(r.cfg.Queue))
+	case stateStopping, stateStopped:
+		return fmt.Errorf("start runner %q: %w", short(r.cfg.Queue), ErrClosed)
+	}
+	if err := r.c.check("start runner"); err != nil {
+		return err
+	}
+	if err := r.c.checkTables(ctx); err != nil {
+		return fmt.Errorf("start runner %q: %w", short(r.cfg.Queue), err)
+	}
+
+	wake, ready, unsubscribe := r.c.subscribe(r.cfg.Queue)
+	r.wake, r.unsubscribe = wake, unsubscribe
+	if ready != nil {
+		wait, cancel := context.WithTimeout(ctx, 5*time.Second)
+		select {
+		case <-ready:
+		case <-wait.Done():
+			r.log.Warn("LISTEN connection not ready; relying on polling until it is")
+		}
+		cancel()
+	}
+
+	bgCtx, bgCancel := context.WithCancel(context.Background())
+	r.bgCancel = bgCancel
+	r.bg.Add(2)
+	go r.heartbeatLoop(bgCtx)
+	go r.reclaimLoop(bgCtx)
+	go r.claimLoop()
+	r.state = stateRunning
+	r.log.Info("runner started",
+		zap.Int("concurrency", r.cfg.Concurrency),
+		zap.Int("claim_size", r.cfg.ClaimSize),
+		zap.Duration("lease", r.cfg.LeaseDuration),
+		zap.Bool("listening", wake != nil))
+	return nil
+}
+
+// Stop shuts the runner down gracefully: it stops claiming, waits for
+// running handlers until ctx is done, then cancels the remaining handlers'
+// contexts (cause ErrShutdown) and waits up to FenceMargin more for them.
+// Outcomes are acknowledged as handlers return; batches whose handlers were
+// cancelled are released, so other runners can claim them at once. A
+// handler that ignores its context past that keeps its lease until it
+// expires, so no two handlers overlap. Stop returns ctx's error if it had to
+// cancel handlers, or an error if some acknowledgements or handlers were
+// abandoned. Stop before Start, and a second Stop, return nil.
+func (r *Runner) Stop(ctx context.Context) error {
+	r.mu.Lock()
+	switch r.state {
+	case stateNew:
+		r.state = stateStopped
+		close(r.stopped)
+		r.mu.Unlock()
+		return nil
+	case stateStopping, stateStopped:
+		r.mu.Unlock()
+		select {
+		case <-r.stopped:
+		case <-ctx.Done():
+		}
+		return nil
+	}
+	r.state = stateStopping
+	r.mu.Unlock()
+
+	r.log.Info("runner stopping")
+	close(r.stopClaims)
+
+	var stopErr error
+	handlersDone := make(chan struct{})
+	go func() {
+		r.handlers.Wait()
+		close(handlersDone)
+	}()
+	select {
+	case <-handlersDone:
+	case <-ctx.Done():
+		stopErr = ctx.Err()
+		r.cancelAll(ErrShutdown)
+		grace := time.NewTimer(r.cfg.FenceMargin)
+		select {
+		case <-handlersDone:
+		case <-grace.C:
+			n := r.running()
+			r.log.Warn("handlers ignored cancellation; their leases will expire", zap.Int("handlers", n))
+			stopErr = fmt.Errorf("stop runner %q: %d handlers still running after cancellation: %w", short(r.cfg.Queue), n, ctx.Err())
+		}
+		grace.Stop()
+	}
+
+	// Let the claim loop acknowledge the outcomes. Releases must go out even
+	// when ctx has already expired, so past ctx there is one round-trip
+	// timeout of grace before the rest is left to lease expiry.
+	select {
+	case <-r.loopDone:
+	case <-ctx.Done():
+		grace := time.NewTimer(r.rtTimeout)
+		select {
+		case <-r.loopDone:
+		case <-grace.C:
+			close(r.abandon)
+			<-r.loopDone
+		}
+		grace.Stop()
+	}
+	if n := r.unacknowledged(); n > 0 && stopErr == nil {
+		stopErr = fmt.Errorf("stop runner %q: %d outcomes not acknowledged; their leases will expire", short(r.cfg.Queue), n)
+	}
+
+	r.bgCancel()
+	r.bg.Wait()
+	r.unsubscribe()
+	r.cancelAll(ErrShutdown)
+
+	r.mu.Lock()
+	r.state = stateStopped
+	r.mu.Unlock()
+	close(r.stopped)
+	st := r.Stats()
+	r.log.Info("runner stopped",
+		zap.Int64("claimed", st.Claimed), zap.Int64("completed", st.Completed),
+		zap.Int64("retried", st.Retried), zap.Int64("dead", st.Dead),
+		zap.Int64("released", st.Released), zap.Int64("lease_lost", st.LeaseLost))
+	return stopErr
+}
+
+// cancelAll cancels the context of every running handler.
+func (r *Runner) cancelAll(cause error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.cancelledAll = true
+	for _, j := range r.inflight {
+		j.cancel(cause)
+	}
+}
+
+// StopAndCancel cancels every running handler's context at once (cause
+// ErrShutdown) and then stops as Stop does.
+func (r *Runner) StopAndCancel(ctx context.Context) error {
+	r.mu.Lock()
+	running := r.state == stateRunning
+	r.mu.Unlock()
+	if running {
+		r.cancelAll(ErrShutdown)
+	}
+	return r.Stop(ctx)
+}
+
+// Stopped returns a channel closed once Stop has finished.
+func (r *Runner) Stopped() <-chan struct{} { return r.stopped }
+
+// Stats returns the runner's counters.
+func (r *Runner) Stats() RunnerStats {
+	s := &r.stats
+	return RunnerStats{
+		Claimed:         s.claimed.Load(),
+		Completed:       s.completed.Load(),
+		Retried:         s.retried.Load(),
+		Dead:            s.dead.Load(),
+		Released:        s.released.Load(),
+		LeaseLost:       s.leaseLost.Load(),
+		Panics:          s.panics.Load(),
+		HeartbeatErrors: s.heartbeatErrors.Load(),
+		RoundTripErrors: s.roundTripErrors.Load(),
+		Reclaimed:       s.reclaimed.Load(),
+		Running:         r.running(),
+	}
+}
+
+func (r *Runner) running() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, j := range r.inflight {
+		if !j.done.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *Runner) unacknowledged() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.inflight)
+}
+
+// claimLoop is the runner's single owner of claims and acknowledgements. Each
+// round trip carries every outcome reported since the previous one together
+// with the next claim, so under load one round trip both finishes and starts
+// up to ClaimSize batches.
+func (r *Runner) claimLoop() {
+	defer close(r.loopDone)
+	var (
+		free      = r.cfg.Concurrency
+		threshold = max(1, min(r.cfg.ClaimSize, r.cfg.Concurrency)/2)
+		pending   []*job
+		want      = true  // something suggests work is available
+		backlog   = false // the last claim was full
+		stopping  = false
+		retryC    <-chan time.Time
+		bo        = newBackOff(50*time.Millisecond, 2*time.Second)
+		poll      = time.NewTicker(r.cfg.PollInterval)
+	)
+	defer poll.Stop()
+	collect := func(j *job) {
+		pending = append(pending, j)
+		free++
+	}
+
+	for {
+		busy := r.cfg.Concurrency - free
+		canClaim := !stopping && free > 0 && (want || backlog) && (free >= threshold || busy == 0)
+		if retryC == nil && (len(pending) > 0 || canClaim) {
+			n := 0
+			if canClaim {
+				n = min(free, r.cfg.ClaimSize)
+			}
+			claimed, sent, retry, err := r.roundTrip(pending, n)
+			if err != nil {
+				r.stats.roundTripErrors.Add(1)
+				d := bo.NextBackOff()
+				r.log.Warn("claim round trip failed; retrying", zap.Error(err), zap.Duration("retry_in", d), zap.Int("pending_acks", len(pending)))
+				retryC = time.After(d)
+			} else {
+				bo.Reset()
+				pending = retry
+				if n > 0 {
+					want = false
+					backlog = len(claimed) == n
+					free -= len(claimed)
+					r.dispatch(claimed, sent)
+				}
+				continue
+			}
+		}
+		if stopping && len(pending) == 0 && free == r.cfg.Concurrency {
+			return
+		}
+		var stopC <-chan struct{}
+		if !stopping {
+			stopC = r.stopClaims
+		}
+		select {
+		case j := <-r.results:
+			collect(j)
+		drain:
+			for {
+				select {
+				case j := <-r.results:
+					collect(j)
+				default:
+					break drain
+				}
+			}
+		case <-r.wake:
+			want = true
+		case <-r.kick:
+			want = true
+		case <-poll.C:
+			want = true
+		case <-retryC:
+			retryC = nil
+		case <-stopC:
+			stopping = true
+		case <-r.abandon:
+			for done := false; !done; {
+				select {
+				case j := <-r.results:
+					collect(j)
+				default:
+					done = true
+				}
+			}
+			if len(pending) > 0 {
+				// One last attempt, then leave the rest to lease expiry.
+				if _, _, _, err := r.roundTrip(pending, 0); err != nil {
+					r.log.Error("could not acknowledge outcomes before giving up; their leases will expire",
+						zap.Int("batches", len(pending)), zap.Error(err))
+				}
+			}
+			return
+		}
+	}
+}
+
+func newBackOff(initial, maxInterval time.Duration) *backoff.ExponentialBackOff {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = initial
+	bo.MaxInterval = maxInterval
+	bo.MaxElapsedTime = 0 // never give up; callers bound retries by context
+	bo.Reset()
+	return bo
+}
+
+// roundTrip acknowledges the outcomes of finished jobs and claims up to n
+// more batches, in one pipelined round trip. On error nothing is known to
+// have happened and every job stays pending. retry lists jobs whose outcome
+// must be sent again.
+func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent time.Time, retry []*job, err error) {
+	var completes, releases []*job
+	var fails []Failure
+	var failJobs []*job
+	for _, j := range finished {
+		switch {
+		case j.err == nil:
+			completes = append(completes, j)
+		case j.cause != nil:
+			releases = append(releases, j)
+		default:
+			failJobs = append(failJobs, j)
+			fails = append(fails, Failure{Ref: j.ref, Err: j.err})
+		}
+	}
+
+	sql := r.c.sql
+	b := &pgx.Batch{}
+	if len(completes) > 0 {
+		ids, tokens := refArrays(refsOf(completes))
+		b.Queue(sql.complete, ids, tokens)
+	}
+	if len(fails) > 0 {
+		args := r.c.failArgs(fails)
+		b.Queue(sql.fail, args...)
+	}
+	if len(releases) > 0 {
+		ids, tokens := refArrays(refsOf(releases))
+		b.Queue(sql.release, ids, tokens)
+	}
+	token := newToken()
+	if n > 0 {
+		b.Queue(sql.claim, r.cfg.Queue, n, token, r.cfg.Owner, r.cfg.LeaseDuration.Microseconds())
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), r.rtTimeout)
+	defer cancel()
+	sent = time.Now()
+	br := r.c.db.SendBatch(ctx, b)
+	var (
+		completed, released map[int64]bool
+		failRes             map[int64]bool // id -> dead
+	)
+	if len(completes) > 0 && err == nil {
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			completed, err = idSet(rows)
+		}
+	}
+	if len(fails) > 0 && err == nil {
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			failRes = map[int64]bool{}
+			var id int64
+			var dead bool
+			_, err = pgx.ForEachRow(rows, []any{&id, &dead}, func() error {
+				failRes[id] = dead
+				return nil
+			})
+		}
+	}
+	if len(releases) > 0 && err == nil {
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			released, err = idSet(rows)
+		}
+	}
+	if n > 0 && err == nil {
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			claimed, err = collectBatches(rows)
+		}
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, sent, nil, err
+	}
+
+	// Completions not applied may be repeats of one that committed before
+	// an earlier round trip failed; those are successes.
+	var notDone []Ref
+	for _, j := range completes {
+		if !completed[j.ref.ID] {
+			notDone = append(notDone, j.ref)
+		}
+	}
+	if len(notDone) > 0 {
+		lost, err := r.c.completeRepeat(ctx, r.c.db, notDone)
+		if err != nil {
+			// The claim committed; keep its batches and retry these acks.
+			r.log.Warn("could not check repeated completions; retrying", zap.Error(err))
+			kept := completes[:0:0]
+			for _, j := range completes {
+				if completed[j.ref.ID] {
+					kept = append(kept, j)
+				} else {
+					retry = append(retry, j)
+				}
+			}
+			completes = kept
+		} else {
+			lostSet := map[int64]bool{}
+			for _, l := range lost {
+				lostSet[l.ID] = true
+			}
+			for _, ref := range notDone {
+				if !lostSet[ref.ID] {
+					completed[ref.ID] = true
+				}
+			}
+		}
+	}
+	r.settle(completes, completed, failJobs, failRes, releases, released)
+	return claimed, sent, retry, nil
+}
+
+func refsOf(jobs []*job) []Ref {
+	refs := make([]Ref, len(jobs))
+	for i, j := range jobs {
+		refs[i] = j.ref
+	}
+	return refs
+}
+
+// settle records acknowledged outcomes and forgets their jobs.
+func (r *Runner) settle(completes []*job, completed map[int64]bool, fails []*job, failRes map[int64]bool, releases []*job, released map[int64]bool) {
+	lost := 0
+	for _, j := range completes {
+		if completed[j.ref.ID] {
+			r.stats.completed.Add(1)
+		} else {
+			lost++
+			r.log.Warn("completion refused: lease lost", zap.Int64("batch", j.ref.ID))
+		}
+	}
+	for _, j := range fails {
+		dead, ok := failRes[j.ref.ID]
+		switch {
+		case !ok:
+			lost++
+			r.log.Warn("failure not recorded: lease lost", zap.Int64("batch", j.ref.ID), zap.Error(j.err))
+		case dead:
+			r.stats.dead.Add(1)
+			r.log.Warn("batch dead-lettered", zap.Int64("batch", j.ref.ID), zap.Int("attempt", j.b.Attempt), zap.Error(j.err))
+		default:
+			r.stats.retried.Add(1)
+			r.log.Debug("batch failed; will retry", zap.Int64("batch", j.ref.ID), zap.Int("attempt", j.b.Attempt), zap.Error(j.err))
+		}
+	}
+	for _, j := range releases {
+		if released[j.ref.ID] {
+			r.stats.released.Add(1)
+		} else {
+			lost++
+		}
+	}
+	r.stats.leaseLost.Add(int64(lost))
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, group := range [][]*job{completes, fails, releases} {
+		for _, j := range group {
+			delete(r.inflight, j.ref.ID)
+		}
+	}
+}
+
+// dispatch starts a handler for each claimed batch. sent is when the claim
+// was sent: the database computed each lease's expiry after that moment, so
+// sent+LeaseDuration is never later than the real expiry.
+func (r *Runner) dispatch(claimed []batch.Batch, sent time.Time) {
+	if len(claimed) == 0 {
+		return
+	}
+	r.stats.claimed.Add(int64(len(claimed)))
+	r.log.Debug("claimed", zap.Int("batches", len(claimed)))
+	fenceIn := time.Until(sent.Add(r.cfg.LeaseDuration - r.cfg.FenceMargin))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := range claimed {
+		j := &job{b: claimed[i]}
+		j.ref = RefOf(&j.b)
+		// Each handler context is a root of its own: a shared parent would
+		// make every handler start and end contend on its lock.
+		ctx, cancel := context.WithCancelCause(context.Background())
+		if r.cancelledAll {
+			cancel(ErrShutdown)
+		}
+		j.cancel = cancel
+		j.fence = time.AfterFunc(fenceIn, func() { cancel(ErrLeaseNotRenewed) })
+		r.inflight[j.ref.ID] = j
+		r.handlers.Add(1)
+		go r.run(ctx, j)
+	}
+}
+
+// run calls the handler and reports the job. A panic becomes the job's error.
+func (r *Runner) run(ctx context.Context, j *job) {
+	defer r.handlers.Done()
+	defer func() {
+		if p := recover(); p != nil {
+			r.stats.panics.Add(1)
+			j.err = fmt.Errorf("handler panic: %v\n%s", p, debug.Stack())
+			r.log.Error("handler panicked", zap.Int64("batch", j.ref.ID), zap.Any("panic", p))
+		}
+		if j.err != nil && ctx.Err() != nil {
+			j.cause = context.Cause(ctx)
+		}
+		j.fence.Stop()
+		j.cancel(nil)
+		j.done.Store(true)
+		r.results <- j
+	}()
+	j.err = r.cfg.Handler(ctx, &j.b)
+}
+
+// heartbeatLoop renews every held lease in one statement per interval. A
+// renewal moves each handler's fence deadline; a lease found lost cancels
+// its handler at once.
+func (r *Runner) heartbeatLoop(ctx context.Context) {
+	defer r.bg.Done()
+	t := time.NewTicker(r.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.mu.Lock()
+		jobs := make([]*job, 0, len(r.inflight))
+		refs := make([]Ref, 0, len(r.inflight))
+		for _, j := range r.inflight {
+			jobs = append(jobs, j)
+			refs = append(refs, j.ref)
+		}
+		r.mu.Unlock()
+		if len(refs) == 0 {
+			continue
+		}
+		sent := time.Now()
+		opCtx, cancel := context.WithTimeout(ctx, min(r.cfg.HeartbeatInterval, r.rtTimeout))
+		lost, err := r.c.ExtendMany(opCtx, refs, r.cfg.LeaseDuration)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.stats.heartbeatErrors.Add(1)
+			r.log.Warn("lease renewal failed", zap.Int("batches", len(refs)), zap.Error(err))
+			continue
+		}
+		lostSet := map[int64]bool{}
+		for _, l := range lost {
+			lostSet[l.ID] = true
+		}
+		fenceIn := time.Until(sent.Add(r.cfg.LeaseDuration - r.cfg.FenceMargin))
+		for _, j := range jobs {
+			switch {
+			case j.done.Load():
+			case lostSet[j.ref.ID]:
+				if !j.lost.Swap(true) {
+					r.log.Warn("lease lost; cancelling handler", zap.Int64("batch", j.ref.ID))
+				}
+				j.cancel(ErrLeaseLost)
+			default:
+				j.fence.Reset(fenceIn)
+			}
+		}
+		r.log.Debug("leases renewed", zap.Int("batches", len(refs)-len(lost)))
+	}
+}
+
+// reclaimLoop makes expired leases of the queue claimable again, and prunes
+// old completion records and keys now and then.
+func (r *Runner) reclaimLoop(ctx context.Context) {
+	defer r.bg.Done()
+	t := time.NewTicker(r.cfg.ReclaimInterval)
+	defer t.Stop()
+	var pruneC <-chan time.Time
+	if r.cfg.PruneInterval > 0 {
+		pt := time.NewTicker(r.cfg.PruneInterval)
+		defer pt.Stop()
+		pruneC = pt.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			avail, dead, err := r.c.ReclaimExpired(ctx, r.cfg.Queue)
+			if err != nil {
+				if ctx.Err() == nil {
+					r.log.Warn("reclaim of expired leases failed", zap.Error(err))
+				}
+				continue
+			}
+			if avail+dead > 0 {
+				r.stats.reclaimed.Add(int64(avail + dead))
+				r.log.Info("reclaimed expired leases", zap.Int("available", avail), zap.Int("dead", dead))
+				wakeUp(r.kick)
+			}
+		case <-pruneC:
+			done, keys, err := r.c.Prune(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					r.log.Warn("prune failed", zap.Error(err))
+				}
+				continue
+			}
+			r.log.Debug("pruned", zap.Int64("completion_records", done), zap.Int64("keys", keys))
+		}
+	}
+}

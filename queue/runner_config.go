@@ -1,0 +1,152 @@
+package queue
+
+import (
+	"context"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/skiplock/skiplock/batch"
+)
+
+// HandlerFunc delivers one batch. Returning nil completes the batch; an
+// error fails the attempt (retried later, or dead-lettered after the last
+// attempt or at once when wrapped with Permanent); a panic counts as an
+// error. ctx is cancelled when the runner is stopped with StopAndCancel,
+// when a graceful Stop runs out of time, and before the batch's lease
+// expires if it could not be renewed; context.Cause(ctx) is then
+// ErrShutdown, ErrLeaseNotRenewed or ErrLeaseLost. A handler that returns an
+// error after such a cancellation has its batch released (not failed).
+type HandlerFunc func(ctx context.Context, b *batch.Batch) error
+
+// Defaults of RunnerConfig.
+const (
+	ConcurrencyDefault     = 16
+	MaxConcurrency         = 10000
+	LeaseDurationDefault   = 30 * time.Second
+	PollIntervalDefault    = time.Second
+	ReclaimIntervalDefault = 2 * time.Second
+	PruneIntervalDefault   = 5 * time.Minute
+)
+
+// RunnerConfig configures a Runner.
+type RunnerConfig struct {
+	// Queue to work. Required.
+	Queue string
+
+	// Handler delivers each batch. Required.
+	Handler HandlerFunc
+
+	// Concurrency is the most handlers running at once, 1..MaxConcurrency.
+	// Defaults to ConcurrencyDefault.
+	Concurrency int
+
+	// ClaimSize is the most batches taken per claim round trip,
+	// 1..MaxClaimSize. Defaults to Concurrency, capped at MaxClaimSize.
+	ClaimSize int
+
+	// LeaseDuration is how long a claim holds a batch without renewal,
+	// MinLeaseDuration..MaxLeaseDuration. Defaults to LeaseDurationDefault.
+	LeaseDuration time.Duration
+
+	// HeartbeatInterval is how often the leases of running batches are
+	// renewed, in one statement for all of them. Defaults to a quarter of
+	// LeaseDuration; must leave at least FenceMargin before expiry.
+	HeartbeatInterval time.Duration
+
+	// FenceMargin is how long before a lease would expire without renewal
+	// the handler's context is cancelled (self-fencing). Two handlers of one
+	// batch can only overlap if a handler keeps running past that
+	// cancellation. Defaults to a fifth of LeaseDuration.
+	FenceMargin time.Duration
+
+	// PollInterval is how often the runner looks for work when no wake-up
+	// arrives. NOTIFY wake-ups make new work start at once; polling is the
+	// fallback. Defaults to PollIntervalDefault.
+	PollInterval time.Duration
+
+	// ReclaimInterval is how often the runner makes batches of its queue
+	// whose lease expired (a crashed worker) claimable again. Defaults to
+	// ReclaimIntervalDefault.
+	ReclaimInterval time.Duration
+
+	// PruneInterval is how often the runner deletes expired completion
+	// records and idempotency keys (Client.Prune). Negative disables it.
+	// Defaults to PruneIntervalDefault.
+	PruneInterval time.Duration
+
+	// Owner is recorded with each lease. Defaults to "<hostname>/<pid>".
+	Owner string
+
+	// Logger defaults to the Client's logger.
+	Logger *zap.Logger
+}
+
+// WithDefaults returns a copy of c with every zero field set to its default.
+func (c *RunnerConfig) WithDefaults() *RunnerConfig {
+	out := RunnerConfig{}
+	if c != nil {
+		out = *c
+	}
+	if out.Concurrency == 0 {
+		out.Concurrency = ConcurrencyDefault
+	}
+	if out.ClaimSize == 0 {
+		out.ClaimSize = min(out.Concurrency, MaxClaimSize)
+	}
+	if out.LeaseDuration == 0 {
+		out.LeaseDuration = LeaseDurationDefault
+	}
+	if out.HeartbeatInterval == 0 {
+		out.HeartbeatInterval = out.LeaseDuration / 4
+	}
+	if out.FenceMargin == 0 {
+		out.FenceMargin = out.LeaseDuration / 5
+	}
+	if out.PollInterval == 0 {
+		out.PollInterval = PollIntervalDefault
+	}
+	if out.ReclaimInterval == 0 {
+		out.ReclaimInterval = ReclaimIntervalDefault
+	}
+	if out.PruneInterval == 0 {
+		out.PruneInterval = PruneIntervalDefault
+	}
+	if out.Owner == "" {
+		out.Owner = defaultOwner
+	}
+	return &out
+}
+
+func (c *RunnerConfig) validate() error {
+	const op = "runner config"
+	if err := batch.ValidateQueueName(c.Queue); err != nil {
+		return &ArgumentError{Op: op, Field: "Queue", Reason: err.Error(), Err: err}
+	}
+	switch {
+	case c.Handler == nil:
+		return argError(op, "Handler", "nil")
+	case c.Concurrency < 1 || c.Concurrency > MaxConcurrency:
+		return argError(op, "Concurrency", "%d is outside 1..%d", c.Concurrency, MaxConcurrency)
+	case c.ClaimSize < 1 || c.ClaimSize > MaxClaimSize:
+		return argError(op, "ClaimSize", "%d is outside 1..%d", c.ClaimSize, MaxClaimSize)
+	}
+	if err := validateLease(op, "LeaseDuration", c.LeaseDuration); err != nil {
+		return err
+	}
+	switch {
+	case c.FenceMargin <= 0 || c.FenceMargin >= c.LeaseDuration/2:
+		return argError(op, "FenceMargin", "%s must be positive and below half of LeaseDuration %s", c.FenceMargin, c.LeaseDuration)
+	case c.HeartbeatInterval < 10*time.Millisecond || c.HeartbeatInterval > c.LeaseDuration-c.FenceMargin:
+		return argError(op, "HeartbeatInterval", "%s must be between 10ms and LeaseDuration-FenceMargin (%s)", c.HeartbeatInterval, c.LeaseDuration-c.FenceMargin)
+	case c.PollInterval < time.Millisecond:
+		return argError(op, "PollInterval", "%s is below 1ms", c.PollInterval)
+	case c.ReclaimInterval < 10*time.Millisecond:
+		return argError(op, "ReclaimInterval", "%s is below 10ms", c.ReclaimInterval)
+	case c.PruneInterval > 0 && c.PruneInterval < time.Second:
+		return argError(op, "PruneInterval", "%s is below 1s", c.PruneInterval)
+	case len(c.Owner) > MaxOwnerBytes || containsNUL(c.Owner):
+		return argError(op, "Owner", "longer than %d bytes or contains NUL", MaxOwnerBytes)
+	}
+	return nil
+}

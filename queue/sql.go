@@ -1,0 +1,284 @@
+package queue
+
+import (
+	"hash/fnv"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// All of the package's runtime SQL. "{s}" stands for the quoted schema name,
+// substituted once when a Client is built (the only substitution);
+// everything else is a positional parameter. Times come from the database
+// clock (now()); durations travel as microseconds.
+
+// batchColumns is the column list every query that returns batches uses, in
+// the order scanBatch reads them.
+const batchColumns = `b.id, b.queue, b.state, b.priority, b.attempt, b.max_attempts, b.run_at, b.created_at,
+    coalesce(b.lease_token, 0), coalesce(b.lease_owner, ''), b.lease_expires_at,
+    coalesce(b.idempotency_key, ''), coalesce(b.partition_key, ''), coalesce(b.uri, ''),
+    coalesce(b.source_topic, ''), coalesce(b.source_partition, 0), coalesce(b.source_start, 0),
+    coalesce(b.source_end, 0), b.event_count, b.byte_size, b.payload, coalesce(b.last_error, '')`
+
+const (
+	// Enqueue many batches in one statement, one array per column (an array
+	// given as NULL pads with NULLs, so columns nobody set cost nothing; empty
+	// strings mean NULL). Rows without an idempotency key
+	// take an id from the batch sequence ($1). Keyed rows first claim their
+	// key in batch_key; only the first row of each new key is inserted, and
+	// rows whose key exists are reported with a NULL id (duplicates).
+	// Returns one row per input row, in input order: (ordinal, id or NULL).
+	// NOTIFY ($17, NULL to skip) is sent once per queue that got a batch
+	// runnable now; PostgreSQL delivers it at commit.
+	sqlEnqueue = `WITH src AS (
+    SELECT u.*,
+        CASE WHEN u.ikey IS NULL THEN nextval($1::text::regclass) END AS new_id,
+        min(u.ord) OVER (PARTITION BY u.q, u.ikey) AS first_ord
+    FROM (
+        SELECT q, nullif(ikey, '') AS ikey, prio, run_at, delay_us, max_attempts,
+            nullif(pkey, '') AS pkey, nullif(uri, '') AS uri, nullif(topic, '') AS topic,
+            CASE WHEN nullif(topic, '') IS NOT NULL THEN part END AS part,
+            CASE WHEN nullif(topic, '') IS NOT NULL THEN sstart END AS sstart,
+            CASE WHEN nullif(topic, '') IS NOT NULL THEN send END AS send,
+            coalesce(events, 0) AS events, coalesce(bytes, 0) AS bytes, payload, ord
+        FROM unnest($2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::int8[], $7::int4[],
+            $8::text[], $9::text[], $10::text[], $11::int4[], $12::int8[], $13::int8[], $14::int8[],
+            $15::int8[], $16::bytea[]) WITH ORDINALITY
+            AS x(q, ikey, prio, run_at, delay_us, max_attempts, pkey, uri, topic, part, sstart, send,
+                 events, bytes, payload, ord)
+    ) u
+),
+keys AS (
+    INSERT INTO {s}.batch_key (queue, idempotency_key)
+    SELECT q, ikey FROM src WHERE ikey IS NOT NULL AND ord = first_ord
+    ON CONFLICT (queue, idempotency_key) DO NOTHING
+    RETURNING queue, idempotency_key, batch_id
+),
+rows AS (
+    SELECT src.*, coalesce(src.new_id, keys.batch_id) AS id
+    FROM src LEFT JOIN keys ON keys.queue = src.q AND keys.idempotency_key = src.ikey
+),
+ins AS (
+    INSERT INTO {s}.batch (id, queue, idempotency_key, priority, run_at, max_attempts,
+        partition_key, uri, source_topic, source_partition, source_start, source_end,
+        event_count, byte_size, payload)
+    SELECT id, q, ikey, coalesce(prio, 0),
+        coalesce(run_at, now() + coalesce(delay_us, 0) * interval '1 microsecond'),
+        max_attempts, pkey, uri, topic, part, sstart, send, events, bytes, payload
+    FROM rows
+    WHERE id IS NOT NULL AND (ikey IS NULL OR ord = first_ord)
+    RETURNING id, queue, run_at
+),
+woken AS (
+    SELECT pg_notify($17, q) FROM (SELECT DISTINCT queue AS q FROM ins WHERE run_at <= now()) n
+    WHERE $17::text IS NOT NULL
+)
+SELECT rows.ord, CASE WHEN rows.ikey IS NULL OR rows.ord = rows.first_ord THEN rows.id END,
+    (SELECT count(*) FROM woken)
+FROM rows ORDER BY rows.ord`
+
+	// The batch ids behind existing idempotency keys, in input order.
+	sqlKeyLookup = `SELECT k.batch_id
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(q, ikey, ord)
+LEFT JOIN {s}.batch_key k ON k.queue = u.q AND k.idempotency_key = u.ikey
+ORDER BY u.ord`
+
+	// Claim up to $2 runnable batches of queue $1 unless it is paused, in
+	// (priority, run_at, id) order, skipping rows other claimers hold. Each
+	// gets the lease token $3, owner $4 and an expiry $5 µs from now.
+	sqlClaim = `WITH picked AS (
+    SELECT id FROM {s}.batch
+    WHERE queue = $1 AND state = 'available' AND run_at <= now()
+        AND NOT EXISTS (SELECT 1 FROM {s}.queue_setting s WHERE s.queue = $1 AND s.paused)
+    ORDER BY priority, run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.batch b SET
+    state = 'running',
+    attempt = b.attempt + 1,
+    attempted_at = now(),
+    lease_token = $3,
+    lease_owner = $4,
+    lease_expires_at = now() + $5::float8 * interval '1 microsecond'
+FROM picked WHERE b.id = picked.id
+RETURNING ` + batchColumns
+
+	// Complete: remove batches whose lease the tokens still hold, and record
+	// each completion. Returns the ids completed by this statement.
+	sqlComplete = `WITH gone AS (
+    DELETE FROM {s}.batch b
+    USING unnest($1::int8[], $2::int8[]) AS c(id, token)
+    WHERE b.id = c.id AND b.lease_token = c.token AND b.state = 'running'
+    RETURNING b.id, b.lease_token, b.created_at, b.attempt, b.queue
+),
+rec AS (
+    INSERT INTO {s}.batch_done (id, lease_token, created_at, attempt, queue)
+    SELECT id, lease_token, created_at, attempt, queue FROM gone
+    RETURNING id
+)
+SELECT id FROM rec`
+
+	// For completions the statement above did not apply: was the batch
+	// already completed under the same token? Runs as its own statement so
+	// it sees a completion that committed while the first one waited.
+	sqlCompleteRepeat = `SELECT c.id, EXISTS (
+    SELECT 1 FROM {s}.batch_done d WHERE d.id = c.id AND d.lease_token = c.token)
+FROM unnest($1::int8[], $2::int8[]) AS c(id, token)`
+
+	// Fail: retry later or dead-letter. The retry delay is $5 µs doubled
+	// per attempt, capped at $6 µs, times a random factor in [0.5, 1), unless
+	// the row's own delay is given. Permanent failures and failures of the
+	// last attempt dead-letter the batch, keeping its last error.
+	sqlFail = `UPDATE {s}.batch b SET
+    state = CASE WHEN f.permanent OR b.attempt >= b.max_attempts THEN 'dead' ELSE 'available' END,
+    run_at = CASE WHEN f.permanent OR b.attempt >= b.max_attempts THEN b.run_at
+        ELSE now() + coalesce(f.delay_us::float8,
+            least($6::float8, $5::float8 * power(2::float8, least(b.attempt - 1, 40)))
+                * (0.5 + random() / 2)) * interval '1 microsecond' END,
+    last_error = f.err,
+    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+FROM unnest($1::int8[], $2::int8[], $3::text[], $4::bool[], $7::int8[])
+    AS f(id, token, err, permanent, delay_us)
+WHERE b.id = f.id AND b.lease_token = f.token AND b.state = 'running'
+RETURNING b.id, b.state = 'dead'`
+
+	// Extend leases by $3 µs from now.
+	sqlExtend = `UPDATE {s}.batch b SET lease_expires_at = now() + $3::float8 * interval '1 microsecond'
+FROM unnest($1::int8[], $2::int8[]) AS e(id, token)
+WHERE b.id = e.id AND b.lease_token = e.token AND b.state = 'running'
+RETURNING b.id`
+
+	// Release: make batches available again at once without counting the
+	// attempt. run_at is kept, so they keep their place in line.
+	sqlRelease = `UPDATE {s}.batch b SET
+    state = 'available', attempt = greatest(b.attempt - 1, 0),
+    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+FROM unnest($1::int8[], $2::int8[]) AS r(id, token)
+WHERE b.id = r.id AND b.lease_token = r.token AND b.state = 'running'
+RETURNING b.id`
+
+	// Reclaim expired leases of queue $1 (all queues when NULL), at most $2:
+	// available again, or dead when that was the last attempt.
+	sqlReclaim = `WITH expired AS (
+    SELECT id FROM {s}.batch
+    WHERE state = 'running' AND lease_expires_at < now() AND ($1::text IS NULL OR queue = $1)
+    ORDER BY lease_expires_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.batch b SET
+    state = CASE WHEN b.attempt >= b.max_attempts THEN 'dead' ELSE 'available' END,
+    last_error = 'lease of ' || coalesce(b.lease_owner, '?') || ' expired',
+    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+FROM expired WHERE b.id = expired.id
+RETURNING b.id, b.state = 'dead'`
+
+	// Fails unless every table the queue uses exists and is readable.
+	sqlCheck = `SELECT (SELECT 1 FROM {s}.batch LIMIT 0), (SELECT 1 FROM {s}.batch_done LIMIT 0),
+    (SELECT 1 FROM {s}.batch_key LIMIT 0), (SELECT 1 FROM {s}.queue_setting LIMIT 0)`
+
+	sqlGet = `SELECT ` + batchColumns + ` FROM {s}.batch b WHERE b.id = $1`
+
+	sqlDone = `SELECT EXISTS (SELECT 1 FROM {s}.batch_done WHERE id = $1)`
+
+	sqlListDead = `SELECT ` + batchColumns + ` FROM {s}.batch b
+WHERE b.queue = $1 AND b.state = 'dead' AND b.id > $2
+ORDER BY b.id LIMIT $3`
+
+	// Requeue dead batches ($2 NULL: all of the queue) with fresh attempts.
+	sqlRequeueDead = `WITH req AS (
+    UPDATE {s}.batch SET state = 'available', attempt = 0, run_at = now()
+    WHERE queue = $1 AND state = 'dead' AND ($2::int8[] IS NULL OR id = ANY ($2::int8[]))
+    RETURNING id
+),
+woken AS (
+    SELECT pg_notify($3, $1) WHERE $3::text IS NOT NULL AND EXISTS (SELECT 1 FROM req)
+)
+SELECT count(*), (SELECT count(*) FROM woken) FROM req`
+
+	// Pause ($2 true) or resume a queue; a resume wakes its runners.
+	sqlSetPaused = `WITH up AS (
+    INSERT INTO {s}.queue_setting (queue, paused) VALUES ($1, $2)
+    ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused, updated_at = now()
+    RETURNING paused
+),
+woken AS (
+    SELECT pg_notify($3, $1) WHERE $3::text IS NOT NULL AND NOT $2
+)
+SELECT (SELECT paused FROM up), (SELECT count(*) FROM woken)`
+
+	sqlPaused = `SELECT coalesce((SELECT paused FROM {s}.queue_setting WHERE queue = $1), false)`
+
+	// Per-queue figures ($1 NULL: every queue with batches or settings).
+	sqlStats = `WITH q AS (
+    SELECT queue,
+        count(*) FILTER (WHERE state = 'available' AND run_at <= now()) AS available,
+        count(*) FILTER (WHERE state = 'available' AND run_at > now()) AS scheduled,
+        count(*) FILTER (WHERE state = 'running') AS running,
+        count(*) FILTER (WHERE state = 'running' AND lease_expires_at < now()) AS expired,
+        count(*) FILTER (WHERE state = 'dead') AS dead,
+        min(run_at) FILTER (WHERE state = 'available' AND run_at <= now()) AS oldest
+    FROM {s}.batch
+    WHERE $1::text IS NULL OR queue = $1
+    GROUP BY queue
+)
+SELECT coalesce(q.queue, s.queue), coalesce(q.available, 0), coalesce(q.scheduled, 0),
+    coalesce(q.running, 0), coalesce(q.expired, 0), coalesce(q.dead, 0),
+    coalesce(extract(epoch FROM now() - q.oldest)::float8, 0), coalesce(s.paused, false)
+FROM q FULL JOIN (SELECT * FROM {s}.queue_setting WHERE $1::text IS NULL OR queue = $1) s
+    ON s.queue = q.queue
+ORDER BY 1`
+
+	// Pruning of completion records and idempotency keys older than $1 µs,
+	// at most $2 rows per statement.
+	sqlPruneDone = `DELETE FROM {s}.batch_done WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM {s}.batch_done WHERE done_at < now() - $1::float8 * interval '1 microsecond' LIMIT $2))`
+	sqlPruneKeys = `DELETE FROM {s}.batch_key WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM {s}.batch_key WHERE created_at < now() - $1::float8 * interval '1 microsecond' LIMIT $2))`
+)
+
+// statements is the package's SQL with the schema substituted.
+type statements struct {
+	enqueue, keyLookup, claim, complete, completeRepeat, fail, extend, release, reclaim     string
+	check, get, done, listDead, requeueDead, setPaused, paused, stats, pruneDone, pruneKeys string
+	sequence                                                                                string // the batch id sequence, quoted, passed as a parameter
+	channel                                                                                 string // the NOTIFY channel of the schema
+}
+
+func newStatements(schema string) *statements {
+	quoted := pgx.Identifier{schema}.Sanitize()
+	sub := func(q string) string { return strings.ReplaceAll(q, "{s}", quoted) }
+	return &statements{
+		enqueue:        sub(sqlEnqueue),
+		keyLookup:      sub(sqlKeyLookup),
+		claim:          sub(sqlClaim),
+		complete:       sub(sqlComplete),
+		completeRepeat: sub(sqlCompleteRepeat),
+		fail:           sub(sqlFail),
+		extend:         sub(sqlExtend),
+		release:        sub(sqlRelease),
+		reclaim:        sub(sqlReclaim),
+		check:          sub(sqlCheck),
+		get:            sub(sqlGet),
+		done:           sub(sqlDone),
+		listDead:       sub(sqlListDead),
+		requeueDead:    sub(sqlRequeueDead),
+		setPaused:      sub(sqlSetPaused),
+		paused:         sub(sqlPaused),
+		stats:          sub(sqlStats),
+		pruneDone:      sub(sqlPruneDone),
+		pruneKeys:      sub(sqlPruneKeys),
+		sequence:       pgx.Identifier{schema, "batch_id_seq"}.Sanitize(),
+		channel:        channelName(schema),
+	}
+}
+
+// channelName is the NOTIFY channel of a schema: a short ASCII name that is
+// always a valid identifier, whatever the schema is called.
+func channelName(schema string) string {
+	h := fnv.New64a()
+	h.Write([]byte(schema))
+	return "skiplock_" + strconv.FormatUint(h.Sum64(), 36)
+}
