@@ -39,7 +39,7 @@ func (c *Client) ListDead(ctx context.Context, queue string, afterID int64, limi
 	if err != nil {
 		return nil, fmt.Errorf("list dead %q: %w", short(queue), err)
 	}
-	bs, err := collectBatches(rows)
+	bs, err := collectBatches(rows, limit, queue)
 	if err != nil {
 		return nil, fmt.Errorf("list dead %q: %w", short(queue), err)
 	}

@@ -173,7 +173,7 @@ func drain(b *testing.B, e *env, n, size, workers int) time.Duration {
 	runners := make([]*queue.Runner, workers)
 	for w := range runners {
 		r, err := queue.NewRunner(e.client, &queue.RunnerConfig{
-			Queue: "bench", Concurrency: size, ClaimSize: size, PollInterval: 100 * time.Millisecond,
+			Queue: "bench", Concurrency: 2 * size, ClaimSize: size, PollInterval: 100 * time.Millisecond,
 			Handler: func(ctx context.Context, bt *batch.Batch) error {
 				if handled.Add(1) == int64(n) {
 					close(done)
@@ -204,8 +204,10 @@ func drain(b *testing.B, e *env, n, size, workers int) time.Duration {
 }
 
 // pgbenchScript is the runner's cycle as two transactions: claim up to
-// :size batches with a fresh token, then complete them (delete and record).
-const pgbenchScript = `\set token random(1, 9000000000000000000)
+// :size batches with a fresh token, returning every column the runner reads
+// (\aset keeps the last row's ids list), then complete them (delete and
+// record). It is built from the package's own claim statement text.
+var pgbenchScript = `\set token random(1, 9000000000000000000)
 WITH picked AS (
     SELECT id FROM {s}.batch
     WHERE queue = 'bench' AND state = 'available' AND run_at <= now()
@@ -214,13 +216,13 @@ WITH picked AS (
 ), claimed AS (
     UPDATE {s}.batch b SET state = 'running', attempt = b.attempt + 1, attempted_at = now(),
         lease_token = :token, lease_owner = 'pgbench', lease_expires_at = now() + interval '30 seconds'
-    FROM picked WHERE b.id = picked.id
-    RETURNING b.*
+    WHERE b.id = ANY (ARRAY(SELECT id FROM picked))
+    RETURNING ` + queue.BatchColumnsForBench + `
 )
-SELECT coalesce(string_agg(id::text, ','), '') AS ids FROM claimed \gset
+SELECT *, string_agg(id::text, ',') OVER () AS ids FROM claimed b \aset
 WITH gone AS (
     DELETE FROM {s}.batch b USING unnest(string_to_array(:ids, ',')::int8[]) AS c(id)
-    WHERE b.id = c.id AND b.lease_token = :token AND b.state = 'running'
+    WHERE b.id = c.id AND b.lease_token = :token
     RETURNING b.id, b.lease_token, b.created_at, b.attempt, b.queue
 )
 INSERT INTO {s}.batch_done (id, lease_token, created_at, attempt, queue)

@@ -151,19 +151,6 @@ func scanBatch(row pgx.Row, b *batch.Batch) error {
 	return nil
 }
 
-func collectBatches(rows pgx.Rows) ([]batch.Batch, error) {
-	defer rows.Close()
-	var out []batch.Batch
-	for rows.Next() {
-		var b batch.Batch
-		if err := scanBatch(rows, &b); err != nil {
-			return nil, err
-		}
-		out = append(out, b)
-	}
-	return out, rows.Err()
-}
-
 // Get returns the batch with id as it is in the hot table. It returns
 // ErrNotFound if no such batch is queued, running or dead (completed batches
 // have left the table; see Completed).

@@ -95,7 +95,7 @@ func (c *Client) claim(ctx context.Context, q querier, p ClaimParams, token int6
 	if err != nil {
 		return nil, fmt.Errorf("claim %q: %w", short(p.Queue), err)
 	}
-	bs, err := collectBatches(rows)
+	bs, err := collectBatches(rows, p.Limit, p.Queue)
 	if err != nil {
 		return nil, fmt.Errorf("claim %q: %w", short(p.Queue), err)
 	}

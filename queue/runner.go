@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -54,6 +55,12 @@ type Runner struct {
 	unsubscribe func()
 	rtTimeout   time.Duration
 
+	work       chan *job      // claimed jobs for the handler goroutines
+	workers    sync.WaitGroup // the Concurrency handler goroutines
+	epoch      time.Time      // origin of the runner's monotonic clock
+	fenceKick  chan struct{}  // wakes the fence loop when it has no deadline armed
+	fenceArmed atomic.Bool
+
 	stats runnerCounters
 }
 
@@ -72,9 +79,14 @@ type job struct {
 	b      batch.Batch
 	ref    Ref
 	cancel context.CancelCauseFunc
-	fence  *time.Timer // cancels the handler's context before the lease expires
-	lost   atomic.Bool // a renewal found the lease gone
-	done   atomic.Bool // the handler returned
+	ctx    context.Context
+	// fenceAt is when, on the runner's clock (see Runner.clock), the
+	// handler's context is cancelled unless a renewal moves it: the lease's
+	// expiry as the runner can bound it, minus FenceMargin.
+	fenceAt atomic.Int64
+	fenced  atomic.Bool // the fence fired
+	lost    atomic.Bool // a renewal found the lease gone
+	done    atomic.Bool // the handler returned
 
 	err   error // the handler's result
 	cause error // why its context was cancelled, if it was
@@ -130,6 +142,9 @@ func NewRunner(c *Client, cfg *RunnerConfig) (*Runner, error) {
 		loopDone:   make(chan struct{}),
 		stopped:    make(chan struct{}),
 		rtTimeout:  min(c.cfg.OpTimeout, max(cfg.LeaseDuration/3, time.Second)),
+		work:       make(chan *job, cfg.Concurrency),
+		epoch:      time.Now(),
+		fenceKick:  make(chan struct{}, 1),
 	}, nil
 }
 
@@ -168,9 +183,14 @@ func (r *Runner) Start(ctx context.Context) error {
 
 	bgCtx, bgCancel := context.WithCancel(context.Background())
 	r.bgCancel = bgCancel
-	r.bg.Add(2)
+	r.bg.Add(3)
 	go r.heartbeatLoop(bgCtx)
 	go r.reclaimLoop(bgCtx)
+	go r.fenceLoop(bgCtx)
+	r.workers.Add(r.cfg.Concurrency)
+	for i := 0; i < r.cfg.Concurrency; i++ {
+		go r.worker()
+	}
 	go r.claimLoop()
 	r.state = stateRunning
 	r.log.Info("runner started",
@@ -213,6 +233,7 @@ func (r *Runner) Stop(ctx context.Context) error {
 	close(r.stopClaims)
 
 	var stopErr error
+	allReturned := true
 	handlersDone := make(chan struct{})
 	go func() {
 		r.handlers.Wait()
@@ -227,6 +248,7 @@ func (r *Runner) Stop(ctx context.Context) error {
 		select {
 		case <-handlersDone:
 		case <-grace.C:
+			allReturned = false
 			n := r.running()
 			r.log.Warn("handlers ignored cancellation; their leases will expire", zap.Int("handlers", n))
 			stopErr = fmt.Errorf("stop runner %q: %d handlers still running after cancellation: %w", short(r.cfg.Queue), n, ctx.Err())
@@ -255,6 +277,10 @@ func (r *Runner) Stop(ctx context.Context) error {
 
 	r.bgCancel()
 	r.bg.Wait()
+	close(r.work)
+	if allReturned {
+		r.workers.Wait() // every handler returned, so every worker exits
+	}
 	r.unsubscribe()
 	r.cancelAll(ErrShutdown)
 
@@ -513,7 +539,7 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 	if n > 0 && err == nil {
 		var rows pgx.Rows
 		if rows, err = br.Query(); err == nil {
-			claimed, err = collectBatches(rows)
+			claimed, err = collectBatches(rows, n, r.cfg.Queue)
 		}
 	}
 	if cerr := br.Close(); err == nil {
@@ -612,37 +638,56 @@ func (r *Runner) settle(completes []*job, completed map[int64]bool, fails []*job
 	}
 }
 
-// dispatch starts a handler for each claimed batch. sent is when the claim
-// was sent: the database computed each lease's expiry after that moment, so
-// sent+LeaseDuration is never later than the real expiry.
+// dispatch hands each claimed batch to a handler goroutine. sent is when
+// the claim was sent: the database computed each lease's expiry after that
+// moment, so sent+LeaseDuration is never later than the real expiry.
 func (r *Runner) dispatch(claimed []batch.Batch, sent time.Time) {
 	if len(claimed) == 0 {
 		return
 	}
 	r.stats.claimed.Add(int64(len(claimed)))
 	r.log.Debug("claimed", zap.Int("batches", len(claimed)))
-	fenceIn := time.Until(sent.Add(r.cfg.LeaseDuration - r.cfg.FenceMargin))
+	fenceAt := r.clock(sent.Add(r.cfg.LeaseDuration - r.cfg.FenceMargin))
+	jobs := make([]job, len(claimed))
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	for i := range claimed {
-		j := &job{b: claimed[i]}
+		j := &jobs[i]
+		j.b = claimed[i]
 		j.ref = RefOf(&j.b)
 		// Each handler context is a root of its own: a shared parent would
 		// make every handler start and end contend on its lock.
-		ctx, cancel := context.WithCancelCause(context.Background())
+		j.ctx, j.cancel = context.WithCancelCause(context.Background())
 		if r.cancelledAll {
-			cancel(ErrShutdown)
+			j.cancel(ErrShutdown)
 		}
-		j.cancel = cancel
-		j.fence = time.AfterFunc(fenceIn, func() { cancel(ErrLeaseNotRenewed) })
+		j.fenceAt.Store(fenceAt)
 		r.inflight[j.ref.ID] = j
-		r.handlers.Add(1)
-		go r.run(ctx, j)
+	}
+	r.handlers.Add(len(claimed))
+	r.mu.Unlock()
+	for i := range jobs {
+		r.work <- &jobs[i] // never blocks: at most Concurrency jobs are out
+	}
+	// A new claim's fence is never earlier than one already armed, so the
+	// fence loop needs a nudge only when it has nothing armed.
+	if !r.fenceArmed.Load() {
+		wakeUp(r.fenceKick)
+	}
+}
+
+// clock returns t on the runner's monotonic clock, in nanoseconds.
+func (r *Runner) clock(t time.Time) int64 { return int64(t.Sub(r.epoch)) }
+
+// worker runs handlers until the runner stops.
+func (r *Runner) worker() {
+	defer r.workers.Done()
+	for j := range r.work {
+		r.run(j)
 	}
 }
 
 // run calls the handler and reports the job. A panic becomes the job's error.
-func (r *Runner) run(ctx context.Context, j *job) {
+func (r *Runner) run(j *job) {
 	defer r.handlers.Done()
 	defer func() {
 		if p := recover(); p != nil {
@@ -650,15 +695,55 @@ func (r *Runner) run(ctx context.Context, j *job) {
 			j.err = fmt.Errorf("handler panic: %v\n%s", p, debug.Stack())
 			r.log.Error("handler panicked", zap.Int64("batch", j.ref.ID), zap.Any("panic", p))
 		}
-		if j.err != nil && ctx.Err() != nil {
-			j.cause = context.Cause(ctx)
+		if j.err != nil && j.ctx.Err() != nil {
+			j.cause = context.Cause(j.ctx)
 		}
-		j.fence.Stop()
 		j.cancel(nil)
 		j.done.Store(true)
 		r.results <- j
 	}()
-	j.err = r.cfg.Handler(ctx, &j.b)
+	j.err = r.cfg.Handler(j.ctx, &j.b)
+}
+
+// fenceLoop cancels the context of every handler whose lease could not be
+// renewed in time: FenceMargin before the lease's expiry as the runner can
+// bound it. It sleeps until the earliest fence of any running handler;
+// renewals only move fences later, so a wake-up that finds nothing due just
+// sleeps again.
+func (r *Runner) fenceLoop(ctx context.Context) {
+	defer r.bg.Done()
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-r.fenceKick:
+		}
+		now := r.clock(time.Now())
+		next := int64(math.MaxInt64)
+		r.mu.Lock()
+		for _, j := range r.inflight {
+			if j.done.Load() || j.fenced.Load() {
+				continue
+			}
+			if at := j.fenceAt.Load(); at <= now {
+				j.fenced.Store(true)
+				j.cancel(ErrLeaseNotRenewed)
+				r.log.Warn("lease not renewed in time; cancelling handler", zap.Int64("batch", j.ref.ID))
+			} else if at < next {
+				next = at
+			}
+		}
+		armed := next != math.MaxInt64
+		r.fenceArmed.Store(armed)
+		r.mu.Unlock()
+		if armed {
+			t.Reset(time.Duration(next - now))
+		}
+	}
 }
 
 // heartbeatLoop renews every held lease in one statement per interval. A
@@ -701,7 +786,7 @@ func (r *Runner) heartbeatLoop(ctx context.Context) {
 		for _, l := range lost {
 			lostSet[l.ID] = true
 		}
-		fenceIn := time.Until(sent.Add(r.cfg.LeaseDuration - r.cfg.FenceMargin))
+		fenceAt := r.clock(sent.Add(r.cfg.LeaseDuration - r.cfg.FenceMargin))
 		for _, j := range jobs {
 			switch {
 			case j.done.Load():
@@ -711,7 +796,7 @@ func (r *Runner) heartbeatLoop(ctx context.Context) {
 				}
 				j.cancel(ErrLeaseLost)
 			default:
-				j.fence.Reset(fenceIn)
+				j.fenceAt.Store(fenceAt)
 			}
 		}
 		r.log.Debug("leases renewed", zap.Int("batches", len(refs)-len(lost)))

@@ -21,6 +21,10 @@ const batchColumns = `b.id, b.queue, b.state, b.priority, b.attempt, b.max_attem
     coalesce(b.source_topic, ''), coalesce(b.source_partition, 0), coalesce(b.source_start, 0),
     coalesce(b.source_end, 0), b.event_count, b.byte_size, b.payload, coalesce(b.last_error, '')`
 
+// Statements keyed by (id, lease token) match on lease_token alone for the
+// state: the table's batch_lease_check constraint makes a non-null token
+// mean "running". Leaving state out keeps the small running-lease index from
+// tempting a generic plan into scanning every running row per token.
 const (
 	// Enqueue many batches in one statement, one array per column (an array
 	// given as NULL pads with NULLs, so columns nobody set cost nothing; empty
@@ -86,7 +90,9 @@ ORDER BY u.ord`
 
 	// Claim up to $2 runnable batches of queue $1 unless it is paused, in
 	// (priority, run_at, id) order, skipping rows other claimers hold. Each
-	// gets the lease token $3, owner $4 and an expiry $5 µs from now.
+	// gets the lease token $3, owner $4 and an expiry $5 µs from now. The
+	// picked ids go through an array so that even a generic plan updates them
+	// by primary key instead of hash-joining the whole table.
 	sqlClaim = `WITH picked AS (
     SELECT id FROM {s}.batch
     WHERE queue = $1 AND state = 'available' AND run_at <= now()
@@ -102,7 +108,7 @@ UPDATE {s}.batch b SET
     lease_token = $3,
     lease_owner = $4,
     lease_expires_at = now() + $5::float8 * interval '1 microsecond'
-FROM picked WHERE b.id = picked.id
+WHERE b.id = ANY (ARRAY(SELECT id FROM picked))
 RETURNING ` + batchColumns
 
 	// Complete: remove batches whose lease the tokens still hold, and record
@@ -110,7 +116,7 @@ RETURNING ` + batchColumns
 	sqlComplete = `WITH gone AS (
     DELETE FROM {s}.batch b
     USING unnest($1::int8[], $2::int8[]) AS c(id, token)
-    WHERE b.id = c.id AND b.lease_token = c.token AND b.state = 'running'
+    WHERE b.id = c.id AND b.lease_token = c.token
     RETURNING b.id, b.lease_token, b.created_at, b.attempt, b.queue
 ),
 rec AS (
@@ -141,13 +147,13 @@ FROM unnest($1::int8[], $2::int8[]) AS c(id, token)`
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 FROM unnest($1::int8[], $2::int8[], $3::text[], $4::bool[], $7::int8[])
     AS f(id, token, err, permanent, delay_us)
-WHERE b.id = f.id AND b.lease_token = f.token AND b.state = 'running'
+WHERE b.id = f.id AND b.lease_token = f.token
 RETURNING b.id, b.state = 'dead'`
 
 	// Extend leases by $3 µs from now.
 	sqlExtend = `UPDATE {s}.batch b SET lease_expires_at = now() + $3::float8 * interval '1 microsecond'
 FROM unnest($1::int8[], $2::int8[]) AS e(id, token)
-WHERE b.id = e.id AND b.lease_token = e.token AND b.state = 'running'
+WHERE b.id = e.id AND b.lease_token = e.token
 RETURNING b.id`
 
 	// Release: make batches available again at once without counting the
@@ -156,7 +162,7 @@ RETURNING b.id`
     state = 'available', attempt = greatest(b.attempt - 1, 0),
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 FROM unnest($1::int8[], $2::int8[]) AS r(id, token)
-WHERE b.id = r.id AND b.lease_token = r.token AND b.state = 'running'
+WHERE b.id = r.id AND b.lease_token = r.token
 RETURNING b.id`
 
 	// Reclaim expired leases of queue $1 (all queues when NULL), at most $2:
