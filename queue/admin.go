@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -200,4 +201,38 @@ func (c *Client) Prune(ctx context.Context) (done, keys int64, err error) {
 		return done, keys, fmt.Errorf("prune idempotency keys: %w", err)
 	}
 	return done, keys, nil
+}
+
+// ErrVacuumNotPermitted is returned by Vacuum when the current role does
+// not own the hot table and so cannot vacuum it.
+var ErrVacuumNotPermitted = errors.New("skiplock: not permitted to vacuum the batch table (the role does not own it)")
+
+// Vacuum vacuums the hot batch table unless it was vacuumed (by anyone,
+// autovacuum included) within minInterval, or another session is vacuuming
+// it right now. Claims walk the claim index from its head, where the entries
+// of finished batches collect until a vacuum removes them; under sustained
+// churn autovacuum's default one-minute cycle lets them, and the table, grow
+// until claims slow down several times over. Runners call Vacuum every
+// RunnerConfig.VacuumInterval. It reports whether a vacuum ran, and returns
+// ErrVacuumNotPermitted when the role cannot vacuum the table.
+func (c *Client) Vacuum(ctx context.Context, minInterval time.Duration) (bool, error) {
+	if err := c.check("vacuum"); err != nil {
+		return false, err
+	}
+	opCtx, cancel := c.opContext(ctx)
+	defer cancel()
+	var due, allowed bool
+	if err := c.db.QueryRow(opCtx, c.sql.vacuumDue, c.sql.table, minInterval.Microseconds()).Scan(&due, &allowed); err != nil {
+		return false, fmt.Errorf("vacuum: %w", err)
+	}
+	if !allowed {
+		return false, ErrVacuumNotPermitted
+	}
+	if !due {
+		return false, nil
+	}
+	if _, err := c.db.Exec(opCtx, c.sql.vacuum); err != nil {
+		return false, fmt.Errorf("vacuum: %w", err)
+	}
+	return true, nil
 }

@@ -1,9 +1,13 @@
 package queue_test
 
 import (
+	"context"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/skiplock/skiplock/queue"
@@ -113,3 +117,56 @@ func TestPrune(t *testing.T) {
 	require.False(t, res.Duplicate)
 	require.ErrorIs(t, e.client.Complete(ctx, ref), queue.ErrLeaseLost)
 }
+
+func TestVacuum(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx := testContext(t)
+	enqueueN(t, e.client, "v", 500)
+	got, err := e.client.Claim(ctx, queue.ClaimParams{Queue: "v", Limit: 500, Lease: time.Minute})
+	require.NoError(t, err)
+	refs := make([]queue.Ref, len(got))
+	for i := range got {
+		refs[i] = queue.RefOf(&got[i])
+	}
+	lost, err := e.client.CompleteMany(ctx, refs)
+	require.NoError(t, err)
+	require.Empty(t, lost)
+
+	ran, err := e.client.Vacuum(ctx, time.Hour)
+	require.NoError(t, err)
+	require.True(t, ran, "a table never vacuumed is due")
+	var vacuumed bool
+	require.NoError(t, e.pool.QueryRow(ctx,
+		"SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables WHERE relid = $1::regclass", e.q("batch")).Scan(&vacuumed))
+	require.True(t, vacuumed)
+
+	ran, err = e.client.Vacuum(ctx, time.Hour)
+	require.NoError(t, err)
+	require.False(t, ran, "a table vacuumed within the interval is skipped")
+
+	// A role that does not own the table gets a typed error, not a silent
+	// no-op (PostgreSQL itself only warns).
+	role := fmt.Sprintf("skiplock_reader_%d", time.Now().UnixNano())
+	if _, err := e.pool.Exec(ctx, "CREATE ROLE "+quoteIdent(role)+" LOGIN"); err != nil {
+		t.Skipf("cannot create a role on this server to test permissions: %v", err)
+	}
+	t.Cleanup(func() {
+		_, _ = e.pool.Exec(context.Background(), "DROP OWNED BY "+quoteIdent(role))
+		_, _ = e.pool.Exec(context.Background(), "DROP ROLE "+quoteIdent(role))
+	})
+	e.exec("GRANT USAGE ON SCHEMA " + quoteIdent(e.schema) + " TO " + quoteIdent(role))
+	e.exec("GRANT SELECT ON ALL TABLES IN SCHEMA " + quoteIdent(e.schema) + " TO " + quoteIdent(role))
+	cfg, err := pgxpool.ParseConfig(e.url)
+	require.NoError(t, err)
+	cfg.ConnConfig.User = role
+	cfg.ConnConfig.Password = ""
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer pool.Close()
+	other := newClient(t, pool, e.schema, nil)
+	_, err = other.Vacuum(ctx, 0)
+	require.ErrorIs(t, err, queue.ErrVacuumNotPermitted)
+}
+
+func quoteIdent(s string) string { return pgx.Identifier{s}.Sanitize() }

@@ -803,17 +803,22 @@ func (r *Runner) heartbeatLoop(ctx context.Context) {
 	}
 }
 
-// reclaimLoop makes expired leases of the queue claimable again, and prunes
-// old completion records and keys now and then.
+// reclaimLoop makes expired leases of the queue claimable again, vacuums
+// the hot table, and prunes old completion records and keys now and then.
 func (r *Runner) reclaimLoop(ctx context.Context) {
 	defer r.bg.Done()
 	t := time.NewTicker(r.cfg.ReclaimInterval)
 	defer t.Stop()
-	var pruneC <-chan time.Time
+	var pruneC, vacuumC <-chan time.Time
 	if r.cfg.PruneInterval > 0 {
 		pt := time.NewTicker(r.cfg.PruneInterval)
 		defer pt.Stop()
 		pruneC = pt.C
+	}
+	if r.cfg.VacuumInterval > 0 {
+		vt := time.NewTicker(r.cfg.VacuumInterval)
+		defer vt.Stop()
+		vacuumC = vt.C
 	}
 	for {
 		select {
@@ -831,6 +836,20 @@ func (r *Runner) reclaimLoop(ctx context.Context) {
 				r.stats.reclaimed.Add(int64(avail + dead))
 				r.log.Info("reclaimed expired leases", zap.Int("available", avail), zap.Int("dead", dead))
 				wakeUp(r.kick)
+			}
+		case <-vacuumC:
+			t0 := time.Now()
+			ran, err := r.c.Vacuum(ctx, r.cfg.VacuumInterval)
+			switch {
+			case errors.Is(err, ErrVacuumNotPermitted):
+				r.log.Warn("cannot vacuum the batch table; leaving it to autovacuum", zap.Error(err))
+				vacuumC = nil
+			case err != nil:
+				if ctx.Err() == nil {
+					r.log.Warn("vacuum failed", zap.Error(err))
+				}
+			case ran:
+				r.log.Debug("vacuumed the batch table", zap.Duration("took", time.Since(t0)))
 			}
 		case <-pruneC:
 			done, keys, err := r.c.Prune(ctx)

@@ -27,6 +27,7 @@ const (
 	PollIntervalDefault    = time.Second
 	ReclaimIntervalDefault = 2 * time.Second
 	PruneIntervalDefault   = 5 * time.Minute
+	VacuumIntervalDefault  = 2 * time.Second
 )
 
 // RunnerConfig configures a Runner.
@@ -75,6 +76,12 @@ type RunnerConfig struct {
 	// Defaults to PruneIntervalDefault.
 	PruneInterval time.Duration
 
+	// VacuumInterval is how often the hot table is vacuumed while this
+	// runner works (by whichever process gets there first; see
+	// Client.Vacuum). Negative disables it, leaving the table to autovacuum.
+	// Defaults to VacuumIntervalDefault.
+	VacuumInterval time.Duration
+
 	// Owner is recorded with each lease. Defaults to "<hostname>/<pid>".
 	Owner string
 
@@ -112,6 +119,9 @@ func (c *RunnerConfig) WithDefaults() *RunnerConfig {
 	if out.PruneInterval == 0 {
 		out.PruneInterval = PruneIntervalDefault
 	}
+	if out.VacuumInterval == 0 {
+		out.VacuumInterval = VacuumIntervalDefault
+	}
 	if out.Owner == "" {
 		out.Owner = defaultOwner
 	}
@@ -143,6 +153,8 @@ func (c *RunnerConfig) validate() error {
 		return argError(op, "PollInterval", "%s is below 1ms", c.PollInterval)
 	case c.ReclaimInterval < 10*time.Millisecond:
 		return argError(op, "ReclaimInterval", "%s is below 10ms", c.ReclaimInterval)
+	case c.VacuumInterval > 0 && c.VacuumInterval < 100*time.Millisecond:
+		return argError(op, "VacuumInterval", "%s is below 100ms", c.VacuumInterval)
 	case c.PruneInterval > 0 && c.PruneInterval < time.Second:
 		return argError(op, "PruneInterval", "%s is below 1s", c.PruneInterval)
 	case len(c.Owner) > MaxOwnerBytes || containsNUL(c.Owner):

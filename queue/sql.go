@@ -237,6 +237,19 @@ FROM q FULL JOIN (SELECT * FROM {s}.queue_setting WHERE $1::text IS NULL OR queu
     ON s.queue = q.queue
 ORDER BY 1`
 
+	// Vacuum support: whether the hot table was vacuumed (by anyone) within
+	// the last $2 µs, and whether the current role may vacuum it ($1 is the
+	// table's quoted name).
+	sqlVacuumDue = `SELECT coalesce(greatest(s.last_vacuum, s.last_autovacuum) < now() - $2::float8 * interval '1 microsecond', true),
+    pg_has_role(current_user, c.relowner, 'MEMBER') OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
+FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.oid = $1::text::regclass`
+
+	// SKIP_LOCKED: if another process is vacuuming the table, do nothing.
+	// INDEX_CLEANUP ON: the point is to remove index entries of finished
+	// batches from the head of the claim index.
+	sqlVacuum = `VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) {s}.batch`
+
 	// Pruning of completion records and idempotency keys older than $1 µs,
 	// at most $2 rows per statement.
 	sqlPruneDone = `DELETE FROM {s}.batch_done WHERE ctid = ANY (ARRAY(
@@ -247,10 +260,11 @@ ORDER BY 1`
 
 // statements is the package's SQL with the schema substituted.
 type statements struct {
-	enqueue, keyLookup, claim, complete, completeRepeat, fail, extend, release, reclaim     string
+	enqueue, keyLookup, claim, complete, completeRepeat, fail, extend, release, reclaim string
+	vacuumDue, vacuum, table,
 	check, get, done, listDead, requeueDead, setPaused, paused, stats, pruneDone, pruneKeys string
-	sequence                                                                                string // the batch id sequence, quoted, passed as a parameter
-	channel                                                                                 string // the NOTIFY channel of the schema
+	sequence string // the batch id sequence, quoted, passed as a parameter
+	channel  string // the NOTIFY channel of the schema
 }
 
 func newStatements(schema string) *statements {
@@ -266,6 +280,9 @@ func newStatements(schema string) *statements {
 		extend:         sub(sqlExtend),
 		release:        sub(sqlRelease),
 		reclaim:        sub(sqlReclaim),
+		vacuumDue:      sub(sqlVacuumDue),
+		vacuum:         sub(sqlVacuum),
+		table:          pgx.Identifier{schema, "batch"}.Sanitize(),
 		check:          sub(sqlCheck),
 		get:            sub(sqlGet),
 		done:           sub(sqlDone),
