@@ -11,7 +11,6 @@ package queue_test
 // custom script on the same server: the database's own ceiling for it.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -24,11 +23,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
 	"github.com/skiplock/skiplock/batch"
+	"github.com/skiplock/skiplock/internal/benchsql"
 	"github.com/skiplock/skiplock/internal/pgtest"
 	"github.com/skiplock/skiplock/migrations"
 	"github.com/skiplock/skiplock/queue"
@@ -89,8 +88,7 @@ func newBenchEnv(b *testing.B) *env {
 func (e *env) prefill(queueName string, n int) {
 	e.t.Helper()
 	e.exec("TRUNCATE " + e.q("batch") + ", " + e.q("batch_done"))
-	e.exec(`INSERT INTO `+e.q("batch")+` (queue, max_attempts, uri, event_count, byte_size)
-		SELECT $1, 10, 's3://bench/' || g || '.ndjson', 100, 4096 FROM generate_series(1, $2) g`, queueName, n)
+	e.exec(benchsql.Prefill(e.schema), queueName, n)
 	e.exec("VACUUM ANALYZE " + e.q("batch"))
 	e.exec("VACUUM ANALYZE " + e.q("batch_done"))
 }
@@ -203,32 +201,6 @@ func drain(b *testing.B, e *env, n, size, workers int) time.Duration {
 	return elapsed
 }
 
-// pgbenchScript is the runner's cycle as two transactions: claim up to
-// :size batches with a fresh token, returning every column the runner reads
-// (\aset keeps the last row's ids list), then complete them (delete and
-// record). It is built from the package's own claim statement text.
-var pgbenchScript = `\set token random(1, 9000000000000000000)
-WITH picked AS (
-    SELECT id FROM {s}.batch
-    WHERE queue = 'bench' AND state = 'available' AND run_at <= now()
-        AND NOT EXISTS (SELECT 1 FROM {s}.queue_setting s WHERE s.queue = 'bench' AND s.paused)
-    ORDER BY priority, run_at, id LIMIT :size FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE {s}.batch b SET state = 'running', attempt = b.attempt + 1, attempted_at = now(),
-        lease_token = :token, lease_owner = 'pgbench', lease_expires_at = now() + interval '30 seconds'
-    WHERE b.id = ANY (ARRAY(SELECT id FROM picked))
-    RETURNING ` + queue.BatchColumnsForBench + `
-)
-SELECT *, string_agg(id::text, ',') OVER () AS ids FROM claimed b \aset
-WITH gone AS (
-    DELETE FROM {s}.batch b USING unnest(string_to_array(:ids, ',')::int8[]) AS c(id)
-    WHERE b.id = c.id AND b.lease_token = :token
-    RETURNING b.id, b.lease_token, b.created_at, b.attempt, b.queue
-)
-INSERT INTO {s}.batch_done (id, lease_token, created_at, attempt, queue)
-SELECT id, lease_token, created_at, attempt, queue FROM gone;
-`
-
 var tpsLine = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
 
 // BenchmarkPgbenchCeiling runs pgbenchScript with 8 clients on the same
@@ -240,8 +212,7 @@ func BenchmarkPgbenchCeiling(b *testing.B) {
 	cfg, err := pgconn.ParseConfig(e.url)
 	require.NoError(b, err)
 	script := filepath.Join(b.TempDir(), "cycle.sql")
-	quoted := pgx.Identifier{e.schema}.Sanitize()
-	require.NoError(b, os.WriteFile(script, bytes.ReplaceAll([]byte(pgbenchScript), []byte("{s}"), []byte(quoted)), 0o644))
+	require.NoError(b, os.WriteFile(script, []byte(benchsql.Script(e.schema)), 0o644))
 	const clients = 8
 	for _, size := range []int{1, 10, 100} {
 		b.Run(fmt.Sprintf("claim=%d/clients=%d", size, clients), func(b *testing.B) {
@@ -251,7 +222,7 @@ func BenchmarkPgbenchCeiling(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				e.prefill("bench", n)
 				cmd := exec.Command(bin, "-n", "-M", "prepared", "-c", strconv.Itoa(clients), "-j", "2",
-					"-t", strconv.Itoa(perClient), "-D", "size="+strconv.Itoa(size), "-f", script,
+					"-t", strconv.Itoa(perClient), "-D", "size="+strconv.Itoa(size), "-D", "queue=bench", "-f", script,
 					"-h", cfg.Host, "-p", strconv.Itoa(int(cfg.Port)), "-U", cfg.User, cfg.Database)
 				out, err := cmd.CombinedOutput()
 				require.NoError(b, err, "%s", out)

@@ -46,6 +46,11 @@ type Client struct {
 
 	notifyMu sync.Mutex
 	notifier *notifier // started by the first runner that wants wake-ups
+
+	journal            *journal[EnqueueParams] // acknowledged keyed enqueues, when the DB reports writer changes
+	reassertedEnqueues atomic.Int64
+	quit               chan struct{}
+	bg                 sync.WaitGroup
 }
 
 // New returns a Client on db. It does not touch the database; tables must
@@ -59,13 +64,27 @@ func New(db DB, cfg *Config) (*Client, error) {
 	if db == nil {
 		return nil, argError("new", "db", "nil")
 	}
-	return &Client{
-		db:  db,
-		cfg: cfg,
-		log: cfg.Logger.Named("skiplock"),
-		sql: newStatements(cfg.Schema),
-	}, nil
+	c := &Client{
+		db:   db,
+		cfg:  cfg,
+		log:  cfg.Logger.Named("skiplock"),
+		sql:  newStatements(cfg.Schema),
+		quit: make(chan struct{}),
+	}
+	if w, ok := db.(WriterWatcher); ok && cfg.JournalWindow > 0 {
+		c.journal = newJournal[EnqueueParams](cfg.JournalWindow)
+		c.bg.Add(1)
+		go func() {
+			defer c.bg.Done()
+			watchWriter(w, c.quit, c.reassertEnqueues)
+		}()
+	}
+	return c, nil
 }
+
+// ReassertedEnqueues returns how many journaled enqueues a new writer was
+// missing after a failover and got again (see Config.JournalWindow).
+func (c *Client) ReassertedEnqueues() int64 { return c.reassertedEnqueues.Load() }
 
 // Close stops the client's LISTEN connection. Operations after Close return
 // ErrClosed; runners must be stopped first. Close does not close the DB.
@@ -74,6 +93,8 @@ func (c *Client) Close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
+	close(c.quit)
+	c.bg.Wait()
 	c.notifyMu.Lock()
 	n := c.notifier
 	c.notifier = nil

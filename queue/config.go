@@ -19,6 +19,8 @@ const (
 	OpTimeoutDefault        = 30 * time.Second
 	DoneRetentionDefault    = 24 * time.Hour
 	KeyRetentionDefault     = 7 * 24 * time.Hour
+	RetryWindowDefault      = 30 * time.Second
+	JournalWindowDefault    = 10 * time.Second
 	MaxAttemptsLimit        = 1000
 	MaxEnqueueBatchRows     = 5000 // rows per statement of the bulk path; larger calls are split inside one transaction
 	maxClaimedPayloadsBytes = 64 << 20
@@ -64,6 +66,22 @@ type Config struct {
 	// after the first batch completed. Defaults to KeyRetentionDefault.
 	KeyRetention time.Duration
 
+	// RetryWindow bounds how long an operation keeps retrying after errors
+	// that say the database may be failing over (read-only writer,
+	// connection lost, no writer yet). Only operations that are safe to
+	// repeat are retried: claims, fenced acknowledgements, enqueues whose
+	// batches all have idempotency keys, and administrative calls. Defaults
+	// to RetryWindowDefault.
+	RetryWindow time.Duration
+
+	// JournalWindow is how long the client remembers its acknowledged keyed
+	// enqueues, and runners their acknowledged completions, to assert them
+	// again on a new writer after a failover: with asynchronous replication
+	// a promoted replica can miss the last commits of the old writer. It
+	// needs a DB that reports writer changes (the failover package's Pool).
+	// Negative disables it. Defaults to JournalWindowDefault.
+	JournalWindow time.Duration
+
 	// DisableNotify stops enqueues from sending NOTIFY wake-ups; runners then
 	// find new batches by polling only. Defaults to false.
 	DisableNotify bool
@@ -96,6 +114,12 @@ func (c *Config) WithDefaults() *Config {
 	if out.DoneRetention == 0 {
 		out.DoneRetention = DoneRetentionDefault
 	}
+	if out.RetryWindow == 0 {
+		out.RetryWindow = RetryWindowDefault
+	}
+	if out.JournalWindow == 0 {
+		out.JournalWindow = JournalWindowDefault
+	}
 	if out.KeyRetention == 0 {
 		out.KeyRetention = KeyRetentionDefault
 	}
@@ -117,6 +141,8 @@ func (c *Config) validate() error {
 		return argError("config", "OpTimeout", "%s is below 100ms", c.OpTimeout)
 	case c.DoneRetention < time.Minute:
 		return argError("config", "DoneRetention", "%s is below 1m", c.DoneRetention)
+	case c.RetryWindow < 0:
+		return argError("config", "RetryWindow", "negative")
 	case c.KeyRetention < time.Minute:
 		return argError("config", "KeyRetention", "%s is below 1m", c.KeyRetention)
 	}

@@ -86,6 +86,10 @@ func (c *Client) EnqueueTx(ctx context.Context, tx pgx.Tx, p EnqueueParams) (Enq
 // order of ps. An invalid element makes the whole call fail with an
 // *ArgumentError naming its index, before anything is written.
 func (c *Client) EnqueueMany(ctx context.Context, ps []EnqueueParams) ([]EnqueueResult, error) {
+	return c.enqueueMany(ctx, ps, true)
+}
+
+func (c *Client) enqueueMany(ctx context.Context, ps []EnqueueParams, journal bool) ([]EnqueueResult, error) {
 	if err := c.check("enqueue"); err != nil {
 		return nil, err
 	}
@@ -93,15 +97,25 @@ func (c *Client) EnqueueMany(ctx context.Context, ps []EnqueueParams) ([]Enqueue
 	if err != nil || len(ps) == 0 {
 		return nil, err
 	}
-	if len(ps) <= MaxEnqueueBatchRows {
-		return c.enqueue(ctx, c.db, ps, cols)
-	}
 	var out []EnqueueResult
-	err = pgx.BeginFunc(ctx, c.db, func(tx pgx.Tx) error {
-		out, err = c.enqueue(ctx, tx, ps, cols)
-		return err
+	since := c.journal.epochNow()
+	err = c.retry(ctx, "enqueue", cols.allKeyed(), func(ctx context.Context) error {
+		if len(ps) <= MaxEnqueueBatchRows {
+			out, err = c.enqueue(ctx, c.db, ps, cols)
+			return err
+		}
+		return pgx.BeginFunc(ctx, c.db, func(tx pgx.Tx) error {
+			out, err = c.enqueue(ctx, tx, ps, cols)
+			return err
+		})
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	if journal {
+		c.journalEnqueued(ctx, since, ps, cols)
+	}
+	return out, nil
 }
 
 // EnqueueManyTx is EnqueueMany inside the caller's transaction.
@@ -131,8 +145,13 @@ type enqueueColumns struct {
 	partition                []int32
 	start, end, events, size []int64
 	payload                  [][]byte
-	keyed                    bool
+	keyed                    bool // some row has a key
+	unkeyed                  bool // some row has none
 }
+
+// allKeyed reports whether every row has an idempotency key, which makes
+// the enqueue safe to repeat.
+func (c *enqueueColumns) allKeyed() bool { return c.keyed && !c.unkeyed }
 
 func (c *Client) columns(ps []EnqueueParams) (*enqueueColumns, error) {
 	n := len(ps)
@@ -155,6 +174,7 @@ func (c *Client) columns(ps []EnqueueParams) (*enqueueColumns, error) {
 		cols.queue[i] = p.Queue
 		cols.key[i] = key
 		cols.keyed = cols.keyed || key != ""
+		cols.unkeyed = cols.unkeyed || key == ""
 		cols.maxAttempts[i] = int32(p.MaxAttempts)
 		if cols.maxAttempts[i] == 0 {
 			cols.maxAttempts[i] = int32(c.cfg.MaxAttempts)

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -81,9 +82,17 @@ func (c *Client) Claim(ctx context.Context, p ClaimParams) ([]batch.Batch, error
 	if err := validateClaim(&p); err != nil {
 		return nil, err
 	}
-	ctx, cancel := c.opContext(ctx)
-	defer cancel()
-	return c.claim(ctx, c.db, p, newToken())
+	// A retried claim takes a fresh token; batches an unacknowledged
+	// attempt may have claimed come back when their lease expires.
+	var out []batch.Batch
+	err := c.retry(ctx, "claim", true, func(ctx context.Context) error {
+		ctx, cancel := c.opContext(ctx)
+		defer cancel()
+		var err error
+		out, err = c.claim(ctx, c.db, p, newToken())
+		return err
+	})
+	return out, err
 }
 
 func (c *Client) claim(ctx context.Context, q querier, p ClaimParams, token int64) ([]batch.Batch, error) {
@@ -201,7 +210,11 @@ func (c *Client) CompleteMany(ctx context.Context, refs []Ref) (lost []Ref, err 
 	if err := c.check("complete"); err != nil {
 		return nil, err
 	}
-	return c.complete(ctx, c.db, refs)
+	err = c.retry(ctx, "complete", true, func(ctx context.Context) error {
+		lost, err = c.complete(ctx, c.db, refs)
+		return err
+	})
+	return lost, err
 }
 
 func (c *Client) complete(ctx context.Context, q querier, refs []Ref) ([]Ref, error) {
@@ -301,6 +314,16 @@ func (c *Client) FailMany(ctx context.Context, fs []Failure) (FailResult, error)
 	if len(fs) == 0 {
 		return FailResult{}, nil
 	}
+	var res FailResult
+	err := c.retry(ctx, "fail", true, func(ctx context.Context) error {
+		var err error
+		res, err = c.fail(ctx, fs)
+		return err
+	})
+	return res, err
+}
+
+func (c *Client) fail(ctx context.Context, fs []Failure) (FailResult, error) {
 	n := len(fs)
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
@@ -428,10 +451,18 @@ func (c *Client) ReleaseMany(ctx context.Context, refs []Ref) (lost []Ref, err e
 	return c.updateLeases(ctx, "release", c.sql.release, refs)
 }
 
-func (c *Client) updateLeases(ctx context.Context, op, query string, refs []Ref, extra ...any) ([]Ref, error) {
+func (c *Client) updateLeases(ctx context.Context, op, query string, refs []Ref, extra ...any) (lost []Ref, err error) {
 	if len(refs) == 0 {
 		return nil, nil
 	}
+	err = c.retry(ctx, op, true, func(ctx context.Context) error {
+		lost, err = c.updateLeasesOnce(ctx, op, query, refs, extra...)
+		return err
+	})
+	return lost, err
+}
+
+func (c *Client) updateLeasesOnce(ctx context.Context, op, query string, refs []Ref, extra ...any) ([]Ref, error) {
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	ids, tokens := refArrays(refs)
@@ -461,24 +492,73 @@ func (c *Client) ReclaimExpired(ctx context.Context, queue string) (available, d
 		}
 		q = queue
 	}
-	ctx, cancel := c.opContext(ctx)
-	defer cancel()
-	rows, err := c.db.Query(ctx, c.sql.reclaim, q, reclaimLimit)
-	if err != nil {
-		return 0, 0, fmt.Errorf("reclaim expired leases: %w", err)
-	}
-	var id int64
-	var isDead bool
-	_, err = pgx.ForEachRow(rows, []any{&id, &isDead}, func() error {
-		if isDead {
-			dead++
-		} else {
-			available++
+	err = c.retry(ctx, "reclaim", true, func(ctx context.Context) error {
+		ctx, cancel := c.opContext(ctx)
+		defer cancel()
+		available, dead = 0, 0
+		rows, err := c.db.Query(ctx, c.sql.reclaim, q, reclaimLimit)
+		if err != nil {
+			return fmt.Errorf("reclaim expired leases: %w", err)
+		}
+		var id int64
+		var isDead bool
+		_, err = pgx.ForEachRow(rows, []any{&id, &isDead}, func() error {
+			if isDead {
+				dead++
+			} else {
+				available++
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("reclaim expired leases: %w", err)
 		}
 		return nil
 	})
-	if err != nil {
-		return 0, 0, fmt.Errorf("reclaim expired leases: %w", err)
+	return available, dead, err
+}
+
+// Completion identifies an acknowledged completion for ReassertCompleted:
+// the claim's Ref and the batch's creation time (a batch id alone can name
+// another batch on a writer that lost commits).
+type Completion struct {
+	Ref       Ref
+	CreatedAt time.Time
+}
+
+// ReassertCompleted asserts completions that an earlier writer
+// acknowledged on the current one, which may have lost them (a failover to
+// an asynchronous replica). Each batch still in the table is finished unless
+// a lease other than its ref's holds it; batches already finished are left
+// alone. It returns how many batches it finished, i.e. how many
+// completions the writer had lost. Runners call it after every writer
+// change for their journaled completions.
+func (c *Client) ReassertCompleted(ctx context.Context, refs []Completion) (restored int, err error) {
+	if err := c.check("reassert"); err != nil {
+		return 0, err
 	}
-	return available, dead, nil
+	if len(refs) == 0 {
+		return 0, nil
+	}
+	err = c.retry(ctx, "reassert completions", true, func(ctx context.Context) error {
+		ctx, cancel := c.opContext(ctx)
+		defer cancel()
+		sorted := slices.Clone(refs)
+		slices.SortFunc(sorted, func(a, b Completion) int { return cmp.Compare(a.Ref.ID, b.Ref.ID) })
+		ids, tokens, created := make([]int64, len(sorted)), make([]int64, len(sorted)), make([]time.Time, len(sorted))
+		for i, r := range sorted {
+			ids[i], tokens[i], created[i] = r.Ref.ID, r.Ref.Token, r.CreatedAt
+		}
+		rows, err := c.db.Query(ctx, c.sql.reassertComplete, ids, tokens, created)
+		if err != nil {
+			return fmt.Errorf("reassert %d completions: %w", len(refs), err)
+		}
+		done, err := idSet(rows)
+		if err != nil {
+			return fmt.Errorf("reassert %d completions: %w", len(refs), err)
+		}
+		restored = len(done)
+		return nil
+	})
+	return restored, err
 }

@@ -69,12 +69,13 @@ func (c *Client) subscribe(queue string) (wake <-chan struct{}, ready <-chan str
 			c.log.Info("no LISTEN connection available for this DB; runners poll only")
 			return nil, nil, func() {}
 		}
-		c.notifier = startNotifier(c.log.Named("listen"), connect, c.sql.channel)
+		watcher, _ := c.db.(WriterWatcher)
+		c.notifier = startNotifier(c.log.Named("listen"), connect, c.sql.channel, watcher)
 	}
 	return c.notifier.subscribe(queue)
 }
 
-func startNotifier(log *zap.Logger, connect func(context.Context) (*pgx.Conn, error), channel string) *notifier {
+func startNotifier(log *zap.Logger, connect func(context.Context) (*pgx.Conn, error), channel string, watcher WriterWatcher) *notifier {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &notifier{
 		log:     log,
@@ -97,9 +98,35 @@ func startNotifier(log *zap.Logger, connect func(context.Context) (*pgx.Conn, er
 	l.Handle(channel, n)
 	go func() {
 		defer close(n.done)
-		_ = l.Listen(ctx) // returns only when ctx is cancelled
+		n.listen(ctx, l, watcher)
 	}()
 	return n
+}
+
+// listen runs the listener until ctx ends. With a watcher, a writer change
+// restarts it, so the LISTEN connection follows the writer even when the
+// old one keeps the connection open.
+func (n *notifier) listen(ctx context.Context, l *pgxlisten.Listener, watcher WriterWatcher) {
+	if watcher == nil {
+		_ = l.Listen(ctx) // returns only when ctx is cancelled
+		return
+	}
+	for ctx.Err() == nil {
+		changed := watcher.WriterChanged()
+		lctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = l.Listen(lctx)
+		}()
+		select {
+		case <-ctx.Done():
+		case <-changed:
+			n.log.Info("writer changed; reconnecting the listener")
+		}
+		cancel()
+		<-done
+	}
 }
 
 func (n *notifier) subscribe(queue string) (<-chan struct{}, <-chan struct{}, func()) {

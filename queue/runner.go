@@ -62,6 +62,8 @@ type Runner struct {
 	fenceArmed atomic.Bool
 
 	stats runnerCounters
+
+	completedJournal *journal[Completion] // acknowledged completions, when the DB reports writer changes
 }
 
 type runnerState int
@@ -95,6 +97,7 @@ type job struct {
 type runnerCounters struct {
 	claimed, completed, retried, dead, released, leaseLost, panics atomic.Int64
 	heartbeatErrors, roundTripErrors, reclaimed                    atomic.Int64
+	reasserted                                                     atomic.Int64
 }
 
 // RunnerStats are counters since the runner started.
@@ -109,6 +112,7 @@ type RunnerStats struct {
 	HeartbeatErrors int64 // lease renewals that failed as a whole
 	RoundTripErrors int64 // claim/acknowledge round trips that failed (and were retried)
 	Reclaimed       int64 // expired leases of the queue made claimable again by this runner
+	Reasserted      int64 // completions a new writer had lost, asserted again after a failover
 	Running         int   // handlers running now
 }
 
@@ -190,6 +194,14 @@ func (r *Runner) Start(ctx context.Context) error {
 	r.workers.Add(r.cfg.Concurrency)
 	for i := 0; i < r.cfg.Concurrency; i++ {
 		go r.worker()
+	}
+	if w, ok := r.c.db.(WriterWatcher); ok && r.c.cfg.JournalWindow > 0 {
+		r.completedJournal = newJournal[Completion](r.c.cfg.JournalWindow)
+		r.bg.Add(1)
+		go func() {
+			defer r.bg.Done()
+			watchWriter(w, bgCtx.Done(), func() { r.reassertCompletions(bgCtx) })
+		}()
 	}
 	go r.claimLoop()
 	r.state = stateRunning
@@ -335,6 +347,7 @@ func (r *Runner) Stats() RunnerStats {
 		HeartbeatErrors: s.heartbeatErrors.Load(),
 		RoundTripErrors: s.roundTripErrors.Load(),
 		Reclaimed:       s.reclaimed.Load(),
+		Reasserted:      s.reasserted.Load(),
 		Running:         r.running(),
 	}
 }
@@ -371,9 +384,14 @@ func (r *Runner) claimLoop() {
 		backlog   = false // the last claim was full
 		stopping  = false
 		retryC    <-chan time.Time
-		bo        = newBackOff(50*time.Millisecond, 2*time.Second)
+		bo        = newBackOff(25*time.Millisecond, time.Second)
 		poll      = time.NewTicker(r.cfg.PollInterval)
+		watcher   WriterWatcher
+		changed   <-chan struct{}
 	)
+	if w, ok := r.c.db.(WriterWatcher); ok {
+		watcher, changed = w, w.WriterChanged()
+	}
 	defer poll.Stop()
 	collect := func(j *job) {
 		pending = append(pending, j)
@@ -433,6 +451,12 @@ func (r *Runner) claimLoop() {
 			want = true
 		case <-retryC:
 			retryC = nil
+		case <-changed:
+			// A new writer: retry at once instead of waiting out the backoff.
+			changed = watcher.WriterChanged()
+			retryC = nil
+			want = true
+			bo.Reset()
 		case <-stopC:
 			stopping = true
 		case <-r.abandon:
@@ -500,6 +524,7 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 		b.Queue(sql.release, ids, tokens)
 	}
 	token := newToken()
+	epoch := r.completedJournal.epochNow()
 	if n > 0 {
 		b.Queue(sql.claim, r.cfg.Queue, n, token, r.cfg.Owner, r.cfg.LeaseDuration.Microseconds())
 	}
@@ -583,7 +608,15 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 			}
 		}
 	}
-	r.settle(completes, completed, failJobs, failRes, releases, released)
+	if straddled := r.settle(epoch, completes, completed, failJobs, failRes, releases, released); len(straddled) > 0 {
+		// The writer changed while these completions were under way: the
+		// change's snapshot may have missed them, so assert them now.
+		n, err := r.c.ReassertCompleted(ctx, straddled)
+		if err != nil {
+			r.log.Error("could not assert completions that straddled a writer change", zap.Int("batches", len(straddled)), zap.Error(err))
+		}
+		r.stats.reasserted.Add(int64(n))
+	}
 	return claimed, sent, retry, nil
 }
 
@@ -596,11 +629,13 @@ func refsOf(jobs []*job) []Ref {
 }
 
 // settle records acknowledged outcomes and forgets their jobs.
-func (r *Runner) settle(completes []*job, completed map[int64]bool, fails []*job, failRes map[int64]bool, releases []*job, released map[int64]bool) {
+func (r *Runner) settle(epoch int64, completes []*job, completed map[int64]bool, fails []*job, failRes map[int64]bool, releases []*job, released map[int64]bool) (straddled []Completion) {
 	lost := 0
+	var journaled []Completion
 	for _, j := range completes {
 		if completed[j.ref.ID] {
 			r.stats.completed.Add(1)
+			journaled = append(journaled, Completion{Ref: j.ref, CreatedAt: j.b.CreatedAt})
 		} else {
 			lost++
 			r.log.Warn("completion refused: lease lost", zap.Int64("batch", j.ref.ID))
@@ -628,6 +663,9 @@ func (r *Runner) settle(completes []*job, completed map[int64]bool, fails []*job
 		}
 	}
 	r.stats.leaseLost.Add(int64(lost))
+	if r.completedJournal.add(epoch, journaled...) {
+		straddled = journaled
+	}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -636,6 +674,7 @@ func (r *Runner) settle(completes []*job, completed map[int64]bool, fails []*job
 			delete(r.inflight, j.ref.ID)
 		}
 	}
+	return straddled
 }
 
 // dispatch hands each claimed batch to a handler goroutine. sent is when
@@ -801,6 +840,27 @@ func (r *Runner) heartbeatLoop(ctx context.Context) {
 		}
 		r.log.Debug("leases renewed", zap.Int("batches", len(refs)-len(lost)))
 	}
+}
+
+// reassertCompletions asserts the journaled completions on a new writer.
+func (r *Runner) reassertCompletions(ctx context.Context) {
+	refs := r.completedJournal.advance()
+	if len(refs) == 0 {
+		return
+	}
+	n, err := r.c.ReassertCompleted(ctx, refs)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.log.Error("could not assert recent completions on the new writer", zap.Int("batches", len(refs)), zap.Error(err))
+		}
+		return
+	}
+	r.stats.reasserted.Add(int64(n))
+	lvl := zap.InfoLevel
+	if n > 0 {
+		lvl = zap.WarnLevel
+	}
+	r.log.Log(lvl, "asserted recent completions on the new writer", zap.Int("journaled", len(refs)), zap.Int("restored", n))
 }
 
 // reclaimLoop makes expired leases of the queue claimable again, vacuums

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/skiplock/skiplock/batch"
+	"github.com/skiplock/skiplock/internal/benchsql"
 	"github.com/skiplock/skiplock/queue"
 )
 
@@ -84,4 +85,9 @@ func TestClaimDecodingMatchesScan(t *testing.T) {
 	binaryRows = queue.BinaryBatchRows(rows)
 	rows.Close()
 	require.False(t, binaryRows)
+}
+
+// The pgbench ceiling must return exactly what a claim returns.
+func TestBenchColumnsMatchClaim(t *testing.T) {
+	require.Equal(t, queue.BatchColumnsForBench, benchsql.ClaimColumns)
 }

@@ -126,6 +126,25 @@ rec AS (
 )
 SELECT id FROM rec`
 
+	// Re-assert completions acknowledged by an earlier writer on a new one
+	// that may have lost them: finish each batch unless another lease holds
+	// it, recording the completion under the token that was acknowledged.
+	// A batch is matched by id and creation time: after a failover that lost
+	// commits, the new writer may hand the same id to another batch.
+	sqlReassertComplete = `WITH gone AS (
+    DELETE FROM {s}.batch b
+    USING unnest($1::int8[], $2::int8[], $3::timestamptz[]) AS c(id, token, created_at)
+    WHERE b.id = c.id AND b.created_at = c.created_at
+        AND (b.lease_token = c.token OR (b.lease_token IS NULL AND b.state = 'available'))
+    RETURNING b.id, c.token, b.created_at, b.attempt, b.queue
+),
+rec AS (
+    INSERT INTO {s}.batch_done (id, lease_token, created_at, attempt, queue)
+    SELECT id, token, created_at, attempt, queue FROM gone
+    RETURNING id
+)
+SELECT id FROM rec`
+
 	// For completions the statement above did not apply: was the batch
 	// already completed under the same token? Runs as its own statement so
 	// it sees a completion that committed while the first one waited.
@@ -260,7 +279,7 @@ WHERE c.oid = $1::text::regclass`
 
 // statements is the package's SQL with the schema substituted.
 type statements struct {
-	enqueue, keyLookup, claim, complete, completeRepeat, fail, extend, release, reclaim string
+	enqueue, keyLookup, claim, complete, reassertComplete, completeRepeat, fail, extend, release, reclaim string
 	vacuumDue, vacuum, table,
 	check, get, done, listDead, requeueDead, setPaused, paused, stats, pruneDone, pruneKeys string
 	sequence string // the batch id sequence, quoted, passed as a parameter
@@ -271,30 +290,31 @@ func newStatements(schema string) *statements {
 	quoted := pgx.Identifier{schema}.Sanitize()
 	sub := func(q string) string { return strings.ReplaceAll(q, "{s}", quoted) }
 	return &statements{
-		enqueue:        sub(sqlEnqueue),
-		keyLookup:      sub(sqlKeyLookup),
-		claim:          sub(sqlClaim),
-		complete:       sub(sqlComplete),
-		completeRepeat: sub(sqlCompleteRepeat),
-		fail:           sub(sqlFail),
-		extend:         sub(sqlExtend),
-		release:        sub(sqlRelease),
-		reclaim:        sub(sqlReclaim),
-		vacuumDue:      sub(sqlVacuumDue),
-		vacuum:         sub(sqlVacuum),
-		table:          pgx.Identifier{schema, "batch"}.Sanitize(),
-		check:          sub(sqlCheck),
-		get:            sub(sqlGet),
-		done:           sub(sqlDone),
-		listDead:       sub(sqlListDead),
-		requeueDead:    sub(sqlRequeueDead),
-		setPaused:      sub(sqlSetPaused),
-		paused:         sub(sqlPaused),
-		stats:          sub(sqlStats),
-		pruneDone:      sub(sqlPruneDone),
-		pruneKeys:      sub(sqlPruneKeys),
-		sequence:       pgx.Identifier{schema, "batch_id_seq"}.Sanitize(),
-		channel:        channelName(schema),
+		enqueue:          sub(sqlEnqueue),
+		keyLookup:        sub(sqlKeyLookup),
+		claim:            sub(sqlClaim),
+		complete:         sub(sqlComplete),
+		reassertComplete: sub(sqlReassertComplete),
+		completeRepeat:   sub(sqlCompleteRepeat),
+		fail:             sub(sqlFail),
+		extend:           sub(sqlExtend),
+		release:          sub(sqlRelease),
+		reclaim:          sub(sqlReclaim),
+		vacuumDue:        sub(sqlVacuumDue),
+		vacuum:           sub(sqlVacuum),
+		table:            pgx.Identifier{schema, "batch"}.Sanitize(),
+		check:            sub(sqlCheck),
+		get:              sub(sqlGet),
+		done:             sub(sqlDone),
+		listDead:         sub(sqlListDead),
+		requeueDead:      sub(sqlRequeueDead),
+		setPaused:        sub(sqlSetPaused),
+		paused:           sub(sqlPaused),
+		stats:            sub(sqlStats),
+		pruneDone:        sub(sqlPruneDone),
+		pruneKeys:        sub(sqlPruneKeys),
+		sequence:         pgx.Identifier{schema, "batch_id_seq"}.Sanitize(),
+		channel:          channelName(schema),
 	}
 }
 

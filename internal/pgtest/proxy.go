@@ -34,6 +34,7 @@ type Proxy struct {
 	changed   chan struct{} // closed and replaced when latency or blackhole change
 	conns     map[*proxyConn]struct{}
 	closed    bool
+	accepted  int64 // connections accepted since the proxy started
 
 	wg        sync.WaitGroup // the accept loop and every connection's goroutines
 	closeOnce sync.Once
@@ -137,7 +138,15 @@ func (p *Proxy) notifyLocked() {
 	p.changed = make(chan struct{})
 }
 
-// Conns returns the number of open proxied connections.
+// Accepted returns how many connections the proxy has accepted since it
+// started, open or closed: a measure of how hard clients try to connect.
+func (p *Proxy) Accepted() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.accepted
+}
+
+// Conns returns how many proxied connections are open.
 func (p *Proxy) Conns() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -213,6 +222,7 @@ func (p *Proxy) acceptLoop() {
 			return
 		}
 		p.conns[pc] = struct{}{}
+		p.accepted++
 		p.wg.Add(1)
 		p.mu.Unlock()
 		go pc.serve()
