@@ -123,6 +123,9 @@ func (p *Pool) Close() {
 	g := p.cur
 	p.cur = nil
 	close(p.changed)
+	// Watchers wake once for the close; after that there is nothing more
+	// to watch, so later calls get a channel that never fires.
+	p.changed = make(chan struct{})
 	p.mu.Unlock()
 	close(p.quit)
 	if g != nil {

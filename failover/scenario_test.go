@@ -26,6 +26,7 @@ import (
 
 	"github.com/skiplock/skiplock/batch"
 	"github.com/skiplock/skiplock/failover"
+	"github.com/skiplock/skiplock/internal/pgtest"
 	"github.com/skiplock/skiplock/queue"
 )
 
@@ -351,17 +352,8 @@ func TestScenarioRecoverySummary(t *testing.T) {
 	require.Less(t, d[len(d)-1], 3*time.Second)
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		case <-tick.C:
-		}
-	}
+	pgtest.WaitFor(t, d, what, cond)
 }

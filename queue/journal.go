@@ -2,10 +2,13 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/skiplock/skiplock/failover"
 )
 
 // WriterWatcher is implemented by a DB that follows the cluster's writer,
@@ -165,6 +168,9 @@ func (c *Client) reassertEnqueues() {
 		}
 	}()
 	res, err := c.enqueueMany(ctx, ps, false)
+	if errors.Is(err, failover.ErrClosed) || errors.Is(err, ErrClosed) {
+		return // shutting down, not failing over
+	}
 	if err != nil {
 		c.log.Error("could not assert recent enqueues on the new writer", zap.Int("batches", len(ps)), zap.Error(err))
 		return

@@ -122,13 +122,7 @@ func sortClaimed(bs []batch.Batch) {
 		if c := a.RunAt.Compare(b.RunAt); c != 0 {
 			return c
 		}
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
+		return cmp.Compare(a.ID, b.ID)
 	})
 }
 
@@ -136,15 +130,7 @@ func sortClaimed(bs []batch.Batch) {
 // concurrent bulk statements lock rows in the same order.
 func refArrays(refs []Ref) (ids, tokens []int64) {
 	sorted := slices.Clone(refs)
-	slices.SortFunc(sorted, func(a, b Ref) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(sorted, func(a, b Ref) int { return cmp.Compare(a.ID, b.ID) })
 	ids = make([]int64, len(sorted))
 	tokens = make([]int64, len(sorted))
 	for i, r := range sorted {
@@ -168,19 +154,24 @@ func leaseLost(op string, r Ref) error {
 	return fmt.Errorf("%s batch %d: %w", op, r.ID, ErrLeaseLost)
 }
 
+// single turns the result of a bulk call for one ref into an error.
+func single(op string, r Ref, lost []Ref, err error) error {
+	if err != nil {
+		return err
+	}
+	if len(lost) > 0 {
+		return leaseLost(op, r)
+	}
+	return nil
+}
+
 // Complete finishes a batch: it leaves the queue for good. It returns
 // ErrLeaseLost if ref's token no longer holds the batch. Repeating a
 // Complete that succeeded (for example after a connection error left its
 // outcome unknown) returns nil, so Complete is safe to retry.
 func (c *Client) Complete(ctx context.Context, ref Ref) error {
 	lost, err := c.CompleteMany(ctx, []Ref{ref})
-	if err != nil {
-		return err
-	}
-	if len(lost) > 0 {
-		return leaseLost("complete", ref)
-	}
-	return nil
+	return single("complete", ref, lost, err)
 }
 
 // CompleteTx is Complete inside the caller's transaction, so a handler can
@@ -193,13 +184,7 @@ func (c *Client) CompleteTx(ctx context.Context, tx pgx.Tx, ref Ref) error {
 		return argError("complete", "tx", "nil")
 	}
 	lost, err := c.complete(ctx, tx, []Ref{ref})
-	if err != nil {
-		return err
-	}
-	if len(lost) > 0 {
-		return leaseLost("complete", ref)
-	}
-	return nil
+	return single("complete", ref, lost, err)
 }
 
 // CompleteMany completes many batches in one statement. It returns the refs
@@ -359,15 +344,7 @@ func (c *Client) fail(ctx context.Context, fs []Failure) (FailResult, error) {
 // batch id.
 func (c *Client) failArgs(fs []Failure) []any {
 	sorted := slices.Clone(fs)
-	slices.SortFunc(sorted, func(a, b Failure) int {
-		switch {
-		case a.Ref.ID < b.Ref.ID:
-			return -1
-		case a.Ref.ID > b.Ref.ID:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(sorted, func(a, b Failure) int { return cmp.Compare(a.Ref.ID, b.Ref.ID) })
 	n := len(sorted)
 	ids, tokens := make([]int64, n), make([]int64, n)
 	msgs, perm := make([]string, n), make([]bool, n)
@@ -407,13 +384,7 @@ func errorText(err error) string {
 // returns ErrLeaseLost if ref's token no longer holds the batch.
 func (c *Client) Extend(ctx context.Context, ref Ref, lease time.Duration) error {
 	lost, err := c.ExtendMany(ctx, []Ref{ref}, lease)
-	if err != nil {
-		return err
-	}
-	if len(lost) > 0 {
-		return leaseLost("extend", ref)
-	}
-	return nil
+	return single("extend", ref, lost, err)
 }
 
 // ExtendMany renews many leases in one statement and returns the refs whose
@@ -433,13 +404,7 @@ func (c *Client) ExtendMany(ctx context.Context, refs []Ref, lease time.Duration
 // token no longer holds the batch.
 func (c *Client) Release(ctx context.Context, ref Ref) error {
 	lost, err := c.ReleaseMany(ctx, []Ref{ref})
-	if err != nil {
-		return err
-	}
-	if len(lost) > 0 {
-		return leaseLost("release", ref)
-	}
-	return nil
+	return single("release", ref, lost, err)
 }
 
 // ReleaseMany releases many batches in one statement and returns the refs

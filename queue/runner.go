@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/skiplock/skiplock/batch"
+	"github.com/skiplock/skiplock/failover"
 )
 
 var (
@@ -850,7 +851,7 @@ func (r *Runner) reassertCompletions(ctx context.Context) {
 	}
 	n, err := r.c.ReassertCompleted(ctx, refs)
 	if err != nil {
-		if ctx.Err() == nil {
+		if ctx.Err() == nil && !errors.Is(err, failover.ErrClosed) {
 			r.log.Error("could not assert recent completions on the new writer", zap.Int("batches", len(refs)), zap.Error(err))
 		}
 		return

@@ -83,3 +83,21 @@ func closeInCleanup(t TB, s *Server) {
 		t.Logf("%v", err)
 	}
 }
+
+// WaitFor checks cond every 10ms until it holds, and fails the test if it
+// does not within d. It is for waiting on a condition, never for pacing.
+func WaitFor(t TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline.C:
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+			return
+		case <-tick.C:
+		}
+	}
+}
