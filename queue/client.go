@@ -54,7 +54,9 @@ type Client struct {
 }
 
 // New returns a Client on db. It does not touch the database; tables must
-// have been installed with the migrations package. It returns an
+// have been installed with the migrations package. When db reports writer
+// changes (WriterWatcher), the client starts a goroutine that asserts its
+// journaled enqueues on each new writer; Close stops it. New returns an
 // *ArgumentError for an invalid configuration.
 func New(db DB, cfg *Config) (*Client, error) {
 	cfg = cfg.WithDefaults()
@@ -86,9 +88,9 @@ func New(db DB, cfg *Config) (*Client, error) {
 // missing after a failover and got again (see Config.JournalWindow).
 func (c *Client) ReassertedEnqueues() int64 { return c.reassertedEnqueues.Load() }
 
-// Close stops the client's LISTEN connection. Operations after Close return
-// ErrClosed; runners must be stopped first. Close does not close the DB.
-// A second Close is a no-op.
+// Close stops the client's LISTEN connection and its writer watcher.
+// Operations after Close return ErrClosed; runners must be stopped first.
+// Close does not close the DB. A second Close is a no-op.
 func (c *Client) Close() error {
 	if c.closed.Swap(true) {
 		return nil
