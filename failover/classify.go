@@ -44,6 +44,7 @@ const (
 
 var classNames = [...]string{"none", "other", "read_only", "stale_writer", "shutdown", "connection", "timeout", "no_writer"}
 
+// String returns the class name used in logs, e.g. "read_only".
 func (c Class) String() string {
 	if int(c) < len(classNames) {
 		return classNames[c]

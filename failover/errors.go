@@ -18,6 +18,7 @@ type StaleWriterError struct {
 	Reason   string
 }
 
+// Error describes the mismatch; it never contains connection strings.
 func (e *StaleWriterError) Error() string {
 	return fmt.Sprintf("failover: stale writer: %s (expected %s, reached %s)", e.Reason, e.Expected, e.Got)
 }
@@ -29,6 +30,7 @@ type NoWriterError struct {
 	Last   error         // the last reason a writer could not be verified, if any
 }
 
+// Error says how long the caller waited and why no writer was found.
 func (e *NoWriterError) Error() string {
 	if e.Last != nil {
 		return fmt.Sprintf("failover: no writer available after %s: %v", e.Waited.Round(time.Millisecond), e.Last)

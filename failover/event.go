@@ -37,6 +37,7 @@ var eventNames = map[EventKind]string{
 	EventNoWriter:        "no_writer",
 }
 
+// String returns the kind's snake_case name, as used in logs.
 func (k EventKind) String() string {
 	if s, ok := eventNames[k]; ok {
 		return s
@@ -53,6 +54,7 @@ type Event struct {
 	At         time.Time
 }
 
+// String formats the event for logs and test output.
 func (e Event) String() string {
 	s := fmt.Sprintf("%s gen=%d", e.Kind, e.Generation)
 	if !e.From.IsZero() {

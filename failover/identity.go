@@ -29,6 +29,7 @@ func (i Identity) Equal(o Identity) bool {
 	return i.Addr == o.Addr && i.Port == o.Port && i.Started.Equal(o.Started) && i.Instance == o.Instance
 }
 
+// String formats the identity as address:port and start time.
 func (i Identity) String() string {
 	if i.IsZero() {
 		return "unknown server"
@@ -49,6 +50,7 @@ type Role struct {
 // Writer reports whether the server takes writes.
 func (r Role) Writer() bool { return !r.InRecovery && !r.ReadOnly }
 
+// String returns "writer", "read-only" or "standby".
 func (r Role) String() string {
 	switch {
 	case r.InRecovery:

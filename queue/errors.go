@@ -35,6 +35,7 @@ type ArgumentError struct {
 	Err    error // the underlying validation error, if any
 }
 
+// Error names the operation, the field and the reason.
 func (e *ArgumentError) Error() string {
 	return fmt.Sprintf("skiplock: %s: invalid %s: %s", e.Op, e.Field, e.Reason)
 }

@@ -24,11 +24,15 @@ type OutcomeUnknownError struct {
 	Err error
 }
 
+// Error says which operation's outcome is unknown and why.
 func (e *OutcomeUnknownError) Error() string {
 	return fmt.Sprintf("skiplock: %s: outcome unknown (use idempotency keys to make it safe to retry): %v", e.Op, e.Err)
 }
 
-func (e *OutcomeUnknownError) Unwrap() error        { return e.Err }
+// Unwrap returns the underlying error.
+func (e *OutcomeUnknownError) Unwrap() error { return e.Err }
+
+// Is reports whether target is ErrOutcomeUnknown.
 func (e *OutcomeUnknownError) Is(target error) bool { return target == ErrOutcomeUnknown }
 
 // transient reports whether err says the database may be failing over, so
