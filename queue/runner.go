@@ -43,6 +43,7 @@ type Runner struct {
 	results    chan *job     // handlers report here; capacity Concurrency
 	kick       chan struct{} // internal wake-ups (reclaimed leases)
 	stopClaims chan struct{} // closed when Stop begins
+	claimsDone chan struct{} // closed by the claim loop once it will dispatch no more batches
 	abandon    chan struct{} // closed when Stop gives up waiting
 	loopDone   chan struct{} // closed when the claim loop exits
 	stopped    chan struct{} // closed when Stop has finished
@@ -143,6 +144,7 @@ func NewRunner(c *Client, cfg *RunnerConfig) (*Runner, error) {
 		results:    make(chan *job, cfg.Concurrency),
 		kick:       make(chan struct{}, 1),
 		stopClaims: make(chan struct{}),
+		claimsDone: make(chan struct{}),
 		abandon:    make(chan struct{}),
 		loopDone:   make(chan struct{}),
 		stopped:    make(chan struct{}),
@@ -244,6 +246,10 @@ func (r *Runner) Stop(ctx context.Context) error {
 
 	r.log.Info("runner stopping")
 	close(r.stopClaims)
+	// A claim in flight when Stop began still dispatches its batches; wait
+	// for the loop to see the stop (at most one round trip), so the set of
+	// handlers waited for below is complete.
+	<-r.claimsDone
 
 	var stopErr error
 	allReturned := true
@@ -377,6 +383,9 @@ func (r *Runner) unacknowledged() int {
 // up to ClaimSize batches.
 func (r *Runner) claimLoop() {
 	defer close(r.loopDone)
+	var claimsDoneOnce sync.Once
+	claimsDone := func() { claimsDoneOnce.Do(func() { close(r.claimsDone) }) }
+	defer claimsDone()
 	var (
 		free      = r.cfg.Concurrency
 		threshold = max(1, min(r.cfg.ClaimSize, r.cfg.Concurrency)/2)
@@ -400,6 +409,14 @@ func (r *Runner) claimLoop() {
 	}
 
 	for {
+		if !stopping {
+			select {
+			case <-r.stopClaims: // noticed before anything else, so no claim starts after it
+				stopping = true
+				claimsDone()
+			default:
+			}
+		}
 		busy := r.cfg.Concurrency - free
 		canClaim := !stopping && free > 0 && (want || backlog) && (free >= threshold || busy == 0)
 		if retryC == nil && (len(pending) > 0 || canClaim) {
@@ -460,6 +477,7 @@ func (r *Runner) claimLoop() {
 			bo.Reset()
 		case <-stopC:
 			stopping = true
+			claimsDone()
 		case <-r.abandon:
 			for done := false; !done; {
 				select {
