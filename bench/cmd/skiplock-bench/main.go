@@ -1,0 +1,123 @@
+// Command skiplock-bench measures skiplock side by side with River and
+// with the database's own ceiling (pgbench running the same SQL cycle), and
+// runs skiplock's failover faults under load.
+//
+//	cd bench && go run ./cmd/skiplock-bench -preset quick -json results.json -chart throughput.svg
+//
+// By default it starts a throwaway PostgreSQL server (fsync on) from the
+// machine's server binaries; -dsn targets an existing server instead (the
+// failover scenario always starts its own primary and replica). A table
+// for people goes to stdout, progress to stderr. See bench/README.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/skiplock/skiplock/bench/internal/harness"
+)
+
+func main() {
+	if harness.IsCrashWorker() {
+		os.Exit(harness.CrashWorkerMain())
+	}
+	os.Exit(run())
+}
+
+func run() int {
+	var (
+		preset    = flag.String("preset", "quick", "quick (a few minutes on 2 cores) or full")
+		duration  = flag.Duration("duration", 0, "soak duration; also scales the latency window (0: the preset's)")
+		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover (or all)")
+		dsn       = flag.String("dsn", "", "PostgreSQL connection string to measure on (default: start a throwaway server); the failover scenario always starts its own servers")
+		jsonPath  = flag.String("json", "", "write every figure as JSON to this file")
+		chartPath = flag.String("chart", "", "write the throughput chart (SVG) to this file")
+		outDir    = flag.String("out-dir", "", "directory for -json and -chart files given without a directory (created if missing)")
+		reps      = flag.Int("reps", 0, "repetitions of each measurement (0: the preset's)")
+		workers   = flag.String("workers", "", "throughput worker counts, e.g. 1,2,4,8,16 (default: the preset's)")
+	)
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: skiplock-bench [flags]\n\n")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() > 0 {
+		flag.Usage()
+		return 2
+	}
+	cfg, err := harness.Preset(*preset)
+	if err == nil {
+		cfg.Scenarios, err = harness.ParseScenarios(*scenarios)
+	}
+	if err == nil && *workers != "" {
+		cfg.Workers, err = harness.ParseInts(*workers)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "skiplock-bench:", err)
+		return 2
+	}
+	if *duration > 0 {
+		cfg.SoakDuration = *duration
+		cfg.LatencyWindow = min(cfg.LatencyWindow, *duration)
+	}
+	if *reps > 0 {
+		cfg.Reps = *reps
+	}
+	cfg.DSN = *dsn
+	cfg.Progress = os.Stderr
+	place := func(p string) string {
+		if p == "" || *outDir == "" || filepath.Dir(p) != "." {
+			return p
+		}
+		return filepath.Join(*outDir, p)
+	}
+	*jsonPath, *chartPath = place(*jsonPath), place(*chartPath)
+	if *outDir != "" {
+		if err := os.MkdirAll(*outDir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "skiplock-bench:", err)
+			return 1
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	t0 := time.Now()
+	rep, runErr := harness.Run(ctx, cfg)
+	if rep == nil {
+		fmt.Fprintln(os.Stderr, "skiplock-bench:", runErr)
+		return 1
+	}
+	code := 0
+	if err := rep.WriteTable(os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "skiplock-bench: table:", err)
+		code = 1
+	}
+	if *jsonPath != "" {
+		if err := rep.WriteJSON(*jsonPath); err != nil {
+			fmt.Fprintln(os.Stderr, "skiplock-bench: json:", err)
+			code = 1
+		} else {
+			fmt.Fprintf(os.Stderr, "wrote %s\n", *jsonPath)
+		}
+	}
+	if *chartPath != "" {
+		if err := rep.WriteChart(*chartPath); err != nil {
+			fmt.Fprintln(os.Stderr, "skiplock-bench: chart:", err)
+			code = 1
+		} else {
+			fmt.Fprintf(os.Stderr, "wrote %s\n", *chartPath)
+		}
+	}
+	fmt.Fprintf(os.Stderr, "finished in %s\n", time.Since(t0).Round(time.Second))
+	if runErr != nil {
+		fmt.Fprintln(os.Stderr, "skiplock-bench:", runErr)
+		return 1
+	}
+	return code
+}

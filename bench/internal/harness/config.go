@@ -1,0 +1,163 @@
+package harness
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Scenario names, in the order they run.
+const (
+	ScenarioEnqueue    = "enqueue"
+	ScenarioThroughput = "throughput"
+	ScenarioCeiling    = "ceiling"
+	ScenarioPeer       = "peer"
+	ScenarioLatency    = "latency"
+	ScenarioSoak       = "soak"
+	ScenarioFailover   = "failover"
+)
+
+// AllScenarios lists every scenario.
+var AllScenarios = []string{ScenarioEnqueue, ScenarioThroughput, ScenarioCeiling, ScenarioPeer, ScenarioLatency, ScenarioSoak, ScenarioFailover}
+
+// Config is one run of the harness. Presets fill it; flags override fields.
+type Config struct {
+	Preset    string
+	Scenarios []string
+	// DSN targets an existing server for every scenario but failover (which
+	// always starts its own primary and replica). Empty starts a throwaway
+	// server with fsync on.
+	DSN string
+
+	Reps       int   // repetitions of each measurement; medians are reported
+	ClaimSizes []int // throughput: claim sizes
+	Workers    []int // throughput: worker counts (runners / River clients)
+	// DrainRows is the prefill of one throughput drain per claim size.
+	DrainRows map[int]int
+	// DrainCap ends a drain that has not emptied the queue; the rate is then
+	// what was completed within it.
+	DrainCap time.Duration
+	// PgbenchClients is the ceiling's client count.
+	PgbenchClients int
+
+	EnqueueRows      int           // bulk enqueue: rows per measurement
+	EnqueueProducers []int         // bulk enqueue: producer counts
+	SingleWindow     time.Duration // single enqueue: measuring window
+	SingleProducers  int
+
+	LatencyWindow time.Duration // per configuration
+	LatencyRate   float64       // enqueues per second
+	PollInterval  time.Duration // the polling-only configurations' interval
+
+	SoakDuration time.Duration
+	SoakWindow   time.Duration
+
+	FailoverRepeat  int           // K: runs of each fault kind
+	StaleWindow     time.Duration // stale endpoint: how long it points at the demoted node
+	BlackholeWindow time.Duration
+	WorkerCrash     bool // include the worker-crash fault (re-executes this binary)
+
+	Progress io.Writer // progress lines; nil discards them
+}
+
+// Preset returns the configuration of a named preset: "quick" (a few
+// minutes on a 2-core machine) or "full".
+func Preset(name string) (*Config, error) {
+	c := &Config{
+		Preset:           name,
+		Scenarios:        slices.Clone(AllScenarios),
+		ClaimSizes:       []int{1, 10, 100},
+		PgbenchClients:   8,
+		EnqueueProducers: []int{1, 4},
+		SingleProducers:  4,
+		LatencyRate:      20,
+		PollInterval:     100 * time.Millisecond,
+		SoakWindow:       5 * time.Second,
+		WorkerCrash:      true,
+	}
+	switch name {
+	case "quick":
+		c.Reps = 3
+		c.Workers = []int{1, 4, 16}
+		c.DrainRows = map[int]int{1: 5000, 10: 20000, 100: 50000}
+		c.DrainCap = time.Second
+		c.EnqueueRows = 50000
+		c.SingleWindow = time.Second
+		c.LatencyWindow = 8 * time.Second
+		c.SoakDuration = 20 * time.Second
+		c.FailoverRepeat = 1
+		c.StaleWindow = 2 * time.Second
+		c.BlackholeWindow = 3 * time.Second
+	case "full":
+		c.Reps = 5
+		c.Workers = []int{1, 2, 4, 8, 16}
+		c.DrainRows = map[int]int{1: 10000, 10: 40000, 100: 100000}
+		c.DrainCap = 10 * time.Second
+		c.EnqueueRows = 100000
+		c.SingleWindow = 5 * time.Second
+		c.LatencyWindow = 30 * time.Second
+		c.SoakDuration = 5 * time.Minute
+		c.FailoverRepeat = 3
+		c.StaleWindow = 5 * time.Second
+		c.BlackholeWindow = 10 * time.Second
+	default:
+		return nil, fmt.Errorf("unknown preset %q (quick or full)", name)
+	}
+	return c, nil
+}
+
+// ParseScenarios parses a comma-separated list ("all" for every scenario).
+func ParseScenarios(s string) ([]string, error) {
+	if s == "" || s == "all" {
+		return slices.Clone(AllScenarios), nil
+	}
+	var out []string
+	for _, name := range strings.Split(s, ",") {
+		name = strings.TrimSpace(name)
+		if !slices.Contains(AllScenarios, name) {
+			return nil, fmt.Errorf("unknown scenario %q (known: %s)", name, strings.Join(AllScenarios, ", "))
+		}
+		if !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	return out, nil
+}
+
+// validate checks the fields a run depends on.
+func (c *Config) validate() error {
+	switch {
+	case c.Reps < 1:
+		return fmt.Errorf("Reps must be at least 1")
+	case len(c.ClaimSizes) == 0 || len(c.Workers) == 0:
+		return fmt.Errorf("ClaimSizes and Workers must not be empty")
+	case c.DrainCap <= 0 || c.LatencyWindow <= 0 || c.SoakDuration <= 0 || c.SoakWindow <= 0:
+		return fmt.Errorf("durations must be positive")
+	case c.LatencyRate <= 0:
+		return fmt.Errorf("LatencyRate must be positive")
+	}
+	for _, s := range c.ClaimSizes {
+		if c.DrainRows[s] < s {
+			return fmt.Errorf("DrainRows[%d] must be at least the claim size", s)
+		}
+	}
+	return nil
+}
+
+func (c *Config) has(name string) bool { return slices.Contains(c.Scenarios, name) }
+
+// ParseInts parses a comma-separated list of positive integers.
+func ParseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("invalid count %q in %q", f, s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
