@@ -278,8 +278,18 @@ func (c *Client) enqueue(ctx context.Context, q querier, ps []EnqueueParams, col
 func (c *Client) enqueueChunk(ctx context.Context, q querier, cols *enqueueColumns, lo, hi int) ([]*int64, error) {
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
-	rows, err := q.Query(ctx, c.sql.enqueue, c.sql.sequence,
-		cols.queue[lo:hi], part(cols.key, lo, hi), part(cols.priority, lo, hi), part(cols.runAt, lo, hi),
+	query, keys := c.sql.enqueueKeyless, part(cols.key, lo, hi)
+	for _, k := range keys {
+		if k != "" {
+			query = c.sql.enqueue
+			break
+		}
+	}
+	if query == c.sql.enqueueKeyless {
+		keys = nil
+	}
+	rows, err := q.Query(ctx, query, c.sql.sequence,
+		cols.queue[lo:hi], keys, part(cols.priority, lo, hi), part(cols.runAt, lo, hi),
 		part(cols.delay, lo, hi), cols.maxAttempts[lo:hi], part(cols.partKey, lo, hi), part(cols.uri, lo, hi),
 		part(cols.topic, lo, hi), part(cols.partition, lo, hi), part(cols.start, lo, hi), part(cols.end, lo, hi),
 		part(cols.events, lo, hi), part(cols.size, lo, hi), part(cols.payload, lo, hi), c.channel())

@@ -82,6 +82,39 @@ SELECT rows.ord, CASE WHEN rows.ikey IS NULL OR rows.ord = rows.first_ord THEN r
     (SELECT count(*) FROM woken)
 FROM rows ORDER BY rows.ord`
 
+	// Enqueue without idempotency keys: the same parameters and result as
+	// sqlEnqueue ($3 is always NULL here), without the key bookkeeping, so
+	// the bulk path does less work per row.
+	sqlEnqueueKeyless = `WITH src AS (
+    SELECT nextval($1::text::regclass) AS id, x.*
+    FROM unnest($2::text[], $4::int2[], $5::timestamptz[], $6::int8[], $7::int4[],
+        $8::text[], $9::text[], $10::text[], $11::int4[], $12::int8[], $13::int8[], $14::int8[],
+        $15::int8[], $16::bytea[]) WITH ORDINALITY
+        AS x(q, prio, run_at, delay_us, max_attempts, pkey, uri, topic, part, sstart, send,
+             events, bytes, payload, ord)
+    WHERE $3::text[] IS NULL
+),
+ins AS (
+    INSERT INTO {s}.batch (id, queue, priority, run_at, max_attempts,
+        partition_key, uri, source_topic, source_partition, source_start, source_end,
+        event_count, byte_size, payload)
+    SELECT id, q, coalesce(prio, 0),
+        coalesce(run_at, now() + coalesce(delay_us, 0) * interval '1 microsecond'),
+        max_attempts, nullif(pkey, ''), nullif(uri, ''), nullif(topic, ''),
+        CASE WHEN nullif(topic, '') IS NOT NULL THEN part END,
+        CASE WHEN nullif(topic, '') IS NOT NULL THEN sstart END,
+        CASE WHEN nullif(topic, '') IS NOT NULL THEN send END,
+        coalesce(events, 0), coalesce(bytes, 0), payload
+    FROM src
+),
+woken AS (
+    SELECT pg_notify($17, q) FROM (
+        SELECT DISTINCT q FROM src
+        WHERE coalesce(run_at, now() + coalesce(delay_us, 0) * interval '1 microsecond') <= now()) n
+    WHERE $17::text IS NOT NULL
+)
+SELECT ord, id, (SELECT count(*) FROM woken) FROM src ORDER BY ord`
+
 	// The batch ids behind existing idempotency keys, in input order.
 	sqlKeyLookup = `SELECT k.batch_id
 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(q, ikey, ord)
@@ -279,7 +312,7 @@ WHERE c.oid = $1::text::regclass`
 
 // statements is the package's SQL with the schema substituted.
 type statements struct {
-	enqueue, keyLookup, claim, complete, reassertComplete, completeRepeat, fail, extend, release, reclaim string
+	enqueue, enqueueKeyless, keyLookup, claim, complete, reassertComplete, completeRepeat, fail, extend, release, reclaim string
 	vacuumDue, vacuum, table,
 	check, get, done, listDead, requeueDead, setPaused, paused, stats, pruneDone, pruneKeys string
 	sequence string // the batch id sequence, quoted, passed as a parameter
@@ -291,6 +324,7 @@ func newStatements(schema string) *statements {
 	sub := func(q string) string { return strings.ReplaceAll(q, "{s}", quoted) }
 	return &statements{
 		enqueue:          sub(sqlEnqueue),
+		enqueueKeyless:   sub(sqlEnqueueKeyless),
 		keyLookup:        sub(sqlKeyLookup),
 		claim:            sub(sqlClaim),
 		complete:         sub(sqlComplete),
