@@ -258,3 +258,20 @@ func (t *observedTx) Commit(ctx context.Context) error {
 	}
 	return err
 }
+
+// CopyFrom copies rows into a table on a connection to the verified
+// writer (one COPY statement: all rows or none); see Exec.
+func (p *Pool) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, rows pgx.CopyFromSource) (int64, error) {
+	for {
+		g, err := p.current(ctx)
+		if err != nil {
+			return 0, err
+		}
+		n, err := g.pool.CopyFrom(ctx, table, columns, rows)
+		if err != nil && raced(err) {
+			continue // nothing was sent: the rows source was not read
+		}
+		p.observe(g, err)
+		return n, err
+	}
+}

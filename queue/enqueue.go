@@ -81,8 +81,11 @@ func (c *Client) EnqueueTx(ctx context.Context, tx pgx.Tx, p EnqueueParams) (Enq
 }
 
 // EnqueueMany adds many batches, atomically: all are written or none. Rows
-// go to the database as arrays, MaxEnqueueBatchRows per statement, in one
-// transaction when there is more than one statement. Results are in the
+// go to the database MaxEnqueueBatchRows per statement, in one transaction
+// when there is more than one statement: as arrays in one INSERT, or, for
+// chunks of at least 500 batches without idempotency keys or schedules,
+// with COPY (ids are taken from the sequence first, so they still come back
+// in input order; the wake-up follows the COPY). Results are in the
 // order of ps. An invalid element makes the whole call fail with an
 // *ArgumentError naming its index, before anything is written.
 func (c *Client) EnqueueMany(ctx context.Context, ps []EnqueueParams) ([]EnqueueResult, error) {
@@ -276,6 +279,9 @@ func (c *Client) enqueue(ctx context.Context, q querier, ps []EnqueueParams, col
 }
 
 func (c *Client) enqueueChunk(ctx context.Context, q querier, cols *enqueueColumns, lo, hi int) ([]*int64, error) {
+	if cp, ok := q.(copier); ok && cols.copyable(lo, hi) {
+		return c.enqueueCopy(ctx, cp, q, cols, lo, hi)
+	}
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	query, keys := c.sql.enqueueKeyless, part(cols.key, lo, hi)

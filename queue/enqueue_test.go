@@ -3,6 +3,7 @@ package queue_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -288,4 +289,64 @@ func TestConfigValidation(t *testing.T) {
 	_, err = queue.New(nil, nil)
 	require.ErrorIs(t, err, queue.ErrInvalid)
 	_ = context.Background
+}
+
+// TestBulkEnqueueByCopy covers the COPY path of EnqueueMany (keyless,
+// unscheduled chunks of at least 500 rows): every field round-trips, ids
+// come back in input order, and idle runners are woken.
+func TestBulkEnqueueByCopy(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx := testContext(t)
+	started := make(chan int64, 1000)
+	startRunner(t, e.client, queue.RunnerConfig{
+		Queue: "copy-wake", Concurrency: 4, PollInterval: 10 * time.Second,
+		Handler: func(ctx context.Context, b *batch.Batch) error {
+			started <- b.ID
+			return nil
+		},
+	})
+
+	const n = 700
+	ps := make([]queue.EnqueueParams, n)
+	for i := range ps {
+		m := batch.Meta{URI: fmt.Sprintf("s3://b/%d", i), EventCount: int64(i), ByteSize: int64(i) * 10}
+		if i%2 == 0 {
+			m.PartitionKey = fmt.Sprint("p", i%7)
+			m.Source = batch.Source{Topic: "t", Partition: int32(i % 3), Start: int64(i) * 10, End: int64(i)*10 + 10}
+			m.Payload = []byte{byte(i), 0, 1}
+		}
+		ps[i] = queue.EnqueueParams{Queue: "copy", Meta: m, Priority: int16(i % 5), MaxAttempts: 1 + i%9, NoIdempotencyKey: true}
+	}
+	res, err := e.client.EnqueueMany(ctx, ps)
+	require.NoError(t, err)
+	require.Len(t, res, n)
+	for _, i := range []int{0, 1, 2, 333, n - 1} {
+		b, err := e.client.Get(ctx, res[i].ID)
+		require.NoError(t, err)
+		require.Equal(t, ps[i].Meta, b.Meta, "row %d", i)
+		require.Equal(t, ps[i].Priority, b.Priority)
+		require.Equal(t, ps[i].MaxAttempts, b.MaxAttempts)
+		require.Empty(t, b.IdempotencyKey)
+		require.Equal(t, batch.StateAvailable, b.State)
+	}
+	for i := 1; i < n; i++ {
+		require.Greater(t, res[i].ID, res[i-1].ID, "ids follow input order")
+	}
+	require.Equal(t, n, e.count("WHERE queue = 'copy'"))
+
+	// With polling at 10 s, only the NOTIFY sent after the COPY wakes the runner.
+	wake := make([]queue.EnqueueParams, 600)
+	for i := range wake {
+		wake[i] = queue.EnqueueParams{Queue: "copy-wake", Meta: meta(i)}
+	}
+	t0 := time.Now()
+	_, err = e.client.EnqueueMany(ctx, wake)
+	require.NoError(t, err)
+	select {
+	case <-started:
+		require.Less(t, time.Since(t0), 2*time.Second)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no runner woke up after a COPY enqueue")
+	}
 }

@@ -115,6 +115,12 @@ woken AS (
 )
 SELECT ord, id, (SELECT count(*) FROM woken) FROM src ORDER BY ord`
 
+	// Ids for a COPY enqueue, taken from the batch sequence in order.
+	sqlTakeIDs = `SELECT nextval($1::text::regclass) FROM generate_series(1, $2)`
+
+	// Wake the runners of queues $2 after a COPY enqueue.
+	sqlWake = `SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q`
+
 	// The batch ids behind existing idempotency keys, in input order.
 	sqlKeyLookup = `SELECT k.batch_id
 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(q, ikey, ord)
@@ -312,7 +318,7 @@ WHERE c.oid = $1::text::regclass`
 
 // statements is the package's SQL with the schema substituted.
 type statements struct {
-	enqueue, enqueueKeyless, keyLookup, claim, complete, reassertComplete, completeRepeat, fail, extend, release, reclaim string
+	enqueue, enqueueKeyless, takeIDs, wake, keyLookup, claim, complete, reassertComplete, completeRepeat, fail, extend, release, reclaim string
 	vacuumDue, vacuum, table,
 	check, get, done, listDead, requeueDead, setPaused, paused, stats, pruneDone, pruneKeys string
 	sequence string // the batch id sequence, quoted, passed as a parameter
@@ -325,6 +331,8 @@ func newStatements(schema string) *statements {
 	return &statements{
 		enqueue:          sub(sqlEnqueue),
 		enqueueKeyless:   sub(sqlEnqueueKeyless),
+		takeIDs:          sub(sqlTakeIDs),
+		wake:             sub(sqlWake),
 		keyLookup:        sub(sqlKeyLookup),
 		claim:            sub(sqlClaim),
 		complete:         sub(sqlComplete),
