@@ -207,9 +207,14 @@ func (c *Client) Prune(ctx context.Context) (done, keys int64, err error) {
 // not own the hot table and so cannot vacuum it.
 var ErrVacuumNotPermitted = errors.New("skiplock: not permitted to vacuum the batch table (the role does not own it)")
 
-// Vacuum vacuums the hot batch table unless it was vacuumed (by anyone,
-// autovacuum included) within minInterval, or another session is vacuuming
-// it right now. Claims walk the claim index from its head, where the entries
+// VacuumMinDeadTuples is how many dead tuples the hot table must have
+// before Vacuum does anything: on a quiet queue there is nothing to clean.
+const VacuumMinDeadTuples = 1000
+
+// Vacuum vacuums the hot batch table unless it has fewer than
+// VacuumMinDeadTuples dead tuples, was vacuumed (by anyone, autovacuum
+// included) within minInterval, or another session is vacuuming it right
+// now. Claims walk the claim index from its head, where the entries
 // of finished batches collect until a vacuum removes them; under sustained
 // churn autovacuum's default one-minute cycle lets them, and the table, grow
 // until claims slow down several times over. Runners call Vacuum every
@@ -222,7 +227,7 @@ func (c *Client) Vacuum(ctx context.Context, minInterval time.Duration) (bool, e
 	opCtx, cancel := c.opContext(ctx)
 	defer cancel()
 	var due, allowed bool
-	if err := c.db.QueryRow(opCtx, c.sql.vacuumDue, c.sql.table, minInterval.Microseconds()).Scan(&due, &allowed); err != nil {
+	if err := c.db.QueryRow(opCtx, c.sql.vacuumDue, c.sql.table, minInterval.Microseconds(), VacuumMinDeadTuples).Scan(&due, &allowed); err != nil {
 		return false, fmt.Errorf("vacuum: %w", err)
 	}
 	if !allowed {

@@ -122,8 +122,14 @@ func TestVacuum(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
 	ctx := testContext(t)
-	enqueueN(t, e.client, "v", 500)
-	got, err := e.client.Claim(ctx, queue.ClaimParams{Queue: "v", Limit: 500, Lease: time.Minute})
+	// A quiet table is left alone.
+	ran, err := e.client.Vacuum(ctx, time.Hour)
+	require.NoError(t, err)
+	require.False(t, ran, "a table without dead tuples needs no vacuum")
+
+	// Churn: every claimed and completed batch leaves two dead tuples.
+	enqueueN(t, e.client, "v", 1000)
+	got, err := e.client.Claim(ctx, queue.ClaimParams{Queue: "v", Limit: 1000, Lease: time.Minute})
 	require.NoError(t, err)
 	refs := make([]queue.Ref, len(got))
 	for i := range got {
@@ -132,8 +138,15 @@ func TestVacuum(t *testing.T) {
 	lost, err := e.client.CompleteMany(ctx, refs)
 	require.NoError(t, err)
 	require.Empty(t, lost)
+	// The statistics Vacuum reads reach pg_stat within seconds.
+	waitFor(t, 20*time.Second, "dead tuples to show in pg_stat", func() bool {
+		var dead int64
+		require.NoError(t, e.pool.QueryRow(ctx,
+			"SELECT coalesce(n_dead_tup, 0) FROM pg_stat_user_tables WHERE relid = $1::regclass", e.q("batch")).Scan(&dead))
+		return dead >= queue.VacuumMinDeadTuples
+	})
 
-	ran, err := e.client.Vacuum(ctx, time.Hour)
+	ran, err = e.client.Vacuum(ctx, time.Hour)
 	require.NoError(t, err)
 	require.True(t, ran, "a table never vacuumed is due")
 	var vacuumed bool

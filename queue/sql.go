@@ -295,10 +295,11 @@ FROM q FULL JOIN (SELECT * FROM {s}.queue_setting WHERE $1::text IS NULL OR queu
     ON s.queue = q.queue
 ORDER BY 1`
 
-	// Vacuum support: whether the hot table was vacuumed (by anyone) within
-	// the last $2 µs, and whether the current role may vacuum it ($1 is the
-	// table's quoted name).
-	sqlVacuumDue = `SELECT coalesce(greatest(s.last_vacuum, s.last_autovacuum) < now() - $2::float8 * interval '1 microsecond', true),
+	// Vacuum support: whether the hot table has at least $3 dead tuples and
+	// was not vacuumed (by anyone) within the last $2 µs, and whether the
+	// current role may vacuum it ($1 is the table's quoted name).
+	sqlVacuumDue = `SELECT coalesce(greatest(s.last_vacuum, s.last_autovacuum) < now() - $2::float8 * interval '1 microsecond', true)
+        AND coalesce(s.n_dead_tup, 0) >= $3,
     pg_has_role(current_user, c.relowner, 'MEMBER') OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
 FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
 WHERE c.oid = $1::text::regclass`
