@@ -12,18 +12,17 @@ import (
 // Defaults of Config.
 const (
 	// SchemaDefault matches the migrations package's default schema.
-	SchemaDefault           = "skiplock"
-	MaxAttemptsDefault      = 10
-	RetryBaseDefault        = time.Second
-	RetryMaxDefault         = 10 * time.Minute
-	OpTimeoutDefault        = 30 * time.Second
-	DoneRetentionDefault    = 24 * time.Hour
-	KeyRetentionDefault     = 7 * 24 * time.Hour
-	RetryWindowDefault      = 30 * time.Second
-	JournalWindowDefault    = 10 * time.Second
-	MaxAttemptsLimit        = 1000
-	MaxEnqueueBatchRows     = 5000 // rows per statement of the bulk path; larger calls are split inside one transaction
-	maxClaimedPayloadsBytes = 64 << 20
+	SchemaDefault        = "skiplock"
+	MaxAttemptsDefault   = 10
+	RetryBaseDefault     = time.Second
+	RetryMaxDefault      = 10 * time.Minute
+	OpTimeoutDefault     = 30 * time.Second
+	DoneRetentionDefault = 24 * time.Hour
+	KeyRetentionDefault  = 7 * 24 * time.Hour
+	RetryWindowDefault   = 30 * time.Second
+	JournalWindowDefault = 10 * time.Second
+	MaxAttemptsLimit     = 1000
+	MaxEnqueueBatchRows  = 5000 // rows per statement of the bulk path; larger calls are split inside one transaction
 )
 
 // Config configures a Client. A nil *Config means all defaults.

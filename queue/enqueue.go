@@ -3,6 +3,8 @@ package queue
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -156,6 +158,14 @@ type enqueueColumns struct {
 // the enqueue safe to repeat.
 func (c *enqueueColumns) allKeyed() bool { return c.keyed && !c.unkeyed }
 
+// keyedIn reports whether any of rows lo..hi has an idempotency key.
+func (c *enqueueColumns) keyedIn(lo, hi int) bool {
+	if !c.keyed {
+		return false
+	}
+	return slices.ContainsFunc(c.key[lo:hi], func(k string) bool { return k != "" })
+}
+
 func (c *Client) columns(ps []EnqueueParams) (*enqueueColumns, error) {
 	n := len(ps)
 	cols := &enqueueColumns{
@@ -244,14 +254,7 @@ func (c *Client) validateEnqueue(p *EnqueueParams) (string, error) {
 	return key, nil
 }
 
-func containsNUL(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] == 0 {
-			return true
-		}
-	}
-	return false
-}
+func containsNUL(s string) bool { return strings.IndexByte(s, 0) >= 0 }
 
 func (c *Client) enqueue(ctx context.Context, q querier, ps []EnqueueParams, cols *enqueueColumns) ([]EnqueueResult, error) {
 	out := make([]EnqueueResult, len(ps))
@@ -284,15 +287,9 @@ func (c *Client) enqueueChunk(ctx context.Context, q querier, cols *enqueueColum
 	}
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
-	query, keys := c.sql.enqueueKeyless, part(cols.key, lo, hi)
-	for _, k := range keys {
-		if k != "" {
-			query = c.sql.enqueue
-			break
-		}
-	}
-	if query == c.sql.enqueueKeyless {
-		keys = nil
+	query, keys := c.sql.enqueueKeyless, []string(nil)
+	if cols.keyedIn(lo, hi) {
+		query, keys = c.sql.enqueue, cols.key[lo:hi]
 	}
 	rows, err := q.Query(ctx, query, c.sql.sequence,
 		cols.queue[lo:hi], keys, part(cols.priority, lo, hi), part(cols.runAt, lo, hi),

@@ -27,15 +27,7 @@ var copyColumns = []string{"id", "queue", "priority", "max_attempts", "partition
 // idempotency keys (they need ON CONFLICT) and no schedule (run_at is
 // computed from the database clock, which COPY cannot do).
 func (cols *enqueueColumns) copyable(lo, hi int) bool {
-	if hi-lo < copyMinRows || cols.runAt != nil || cols.delay != nil {
-		return false
-	}
-	for _, k := range part(cols.key, lo, hi) {
-		if k != "" {
-			return false
-		}
-	}
-	return true
+	return hi-lo >= copyMinRows && cols.runAt == nil && cols.delay == nil && !cols.keyedIn(lo, hi)
 }
 
 // enqueueCopy writes rows lo..hi with COPY: it takes their ids from the

@@ -361,23 +361,13 @@ func (c *Client) failArgs(fs []Failure) []any {
 	return []any{ids, tokens, msgs, perm, c.cfg.RetryBase.Microseconds(), c.cfg.RetryMax.Microseconds(), delays}
 }
 
-// errorText is the last_error stored for err: valid UTF-8, no NUL bytes
-// (PostgreSQL text cannot hold them), at most batch.MaxLastErrorBytes.
+// errorText is the last_error stored for err: batch.TruncateError makes it
+// storable (valid UTF-8, no NUL bytes) and at most batch.MaxLastErrorBytes.
 func errorText(err error) string {
 	if err == nil {
 		return "failed without an error"
 	}
-	s := err.Error()
-	if containsNUL(s) {
-		b := []byte(s)
-		for i := range b {
-			if b[i] == 0 {
-				b[i] = ' '
-			}
-		}
-		s = string(b)
-	}
-	return batch.TruncateError(s)
+	return batch.TruncateError(err.Error())
 }
 
 // Extend renews a lease: it now expires lease from the database's now. It

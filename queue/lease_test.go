@@ -199,7 +199,7 @@ func TestRetryScheduleAndDeadLetter(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, batch.StateDead, b.State)
 	require.Equal(t, 4, b.Attempt)
-	require.Equal(t, "final   failure", b.LastError)
+	require.Equal(t, "final \uFFFD failure", b.LastError, "NUL cannot be stored; it is replaced")
 	require.Zero(t, b.Lease.Token)
 
 	deadList, err := e.client.ListDead(ctx, "retry", 0, 10)

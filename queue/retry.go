@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
@@ -45,10 +46,8 @@ func transient(err error) bool { return failover.Classify(err).Transient() }
 // happened before anything was sent are retried, and others become an
 // *OutcomeUnknownError.
 func (c *Client) retry(ctx context.Context, op string, idempotent bool, fn func(ctx context.Context) error) error {
-	var (
-		start = time.Now()
-		bo    = newBackOff(25*time.Millisecond, time.Second)
-	)
+	start := time.Now()
+	var bo *backoff.ExponentialBackOff // made on the first failure: most calls never need it
 	for attempt := 1; ; attempt++ {
 		err := fn(ctx)
 		if err == nil || !transient(err) || ctx.Err() != nil {
@@ -56,6 +55,9 @@ func (c *Client) retry(ctx context.Context, op string, idempotent bool, fn func(
 		}
 		if !idempotent && !pgconn.SafeToRetry(err) {
 			return &OutcomeUnknownError{Op: op, Err: err}
+		}
+		if bo == nil {
+			bo = newBackOff(25*time.Millisecond, time.Second)
 		}
 		d := bo.NextBackOff()
 		if time.Since(start)+d > c.cfg.RetryWindow {
