@@ -24,6 +24,14 @@ type Options struct {
 	// names. Defaults to none.
 	Settings map[string]string
 
+	// PasswordRoles are roles that must authenticate with a password (scram-sha-256) on TCP
+	// connections; see SetRolePassword, which creates them. Other users, "postgres" (which may
+	// not be listed) and replication connections keep trust authentication. Names must be
+	// role names as stored (case matters), without double quotes or control characters. A
+	// replica whose Options list none gets its primary's, so that a failover keeps passwords
+	// required. Defaults to none.
+	PasswordRoles []string
+
 	// Logf, if set, receives the tail of the server log when a server fails to start. Defaults
 	// to nil (the tail is still part of the returned error).
 	Logf func(format string, args ...any)
@@ -65,11 +73,17 @@ func (o *Options) withDefaults() Options {
 	}
 	c := *o
 	c.Settings = maps.Clone(o.Settings)
+	c.PasswordRoles = slices.Clone(o.PasswordRoles)
 	return c
 }
 
-// validate checks the Settings names.
+// validate checks the Settings names and the PasswordRoles.
 func (o *Options) validate() error {
+	for _, role := range o.PasswordRoles {
+		if err := checkPasswordRole(role); err != nil {
+			return fmt.Errorf("Options.PasswordRoles: %w", err)
+		}
+	}
 	for name := range o.Settings {
 		if name == "" || strings.IndexFunc(name, func(r rune) bool {
 			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.')
@@ -107,9 +121,12 @@ func quoteConf(v string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `''`).Replace(v) + "'"
 }
 
-// writeConf writes the settings of o into dataDir.
+// writeConf writes the settings and the client authentication (pg_hba.conf) of o into dataDir.
 func writeConf(dataDir string, o *Options, u *osUser) error {
-	return u.writeFile(filepath.Join(dataDir, confFile), []byte(o.conf()), 0o600)
+	return errors.Join(
+		u.writeFile(filepath.Join(dataDir, confFile), []byte(o.conf()), 0o600),
+		writeHBA(dataDir, o, u),
+	)
 }
 
 // autoConfDropped are the postgresql.auto.conf parameters writeStandbyConf replaces or clears.

@@ -30,6 +30,11 @@ const (
 	sqlStandbyStatus   = `SELECT pg_is_in_recovery(), coalesce(w.status, ''), coalesce(w.sender_port, 0), coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, false) FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS w ON true`
 	sqlWALPosition     = `SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END)::text`
 	sqlCheckpoint      = `CHECKPOINT`
+	sqlWALReceivers    = `SELECT count(*) FROM pg_stat_wal_receiver`
+	sqlSetConninfoStmt = `SELECT format('ALTER SYSTEM SET primary_conninfo = %L', $1::text)`
+	sqlRoleExists      = `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`
+	sqlCreateRoleStmt  = `SELECT format('CREATE ROLE %I WITH LOGIN SUPERUSER PASSWORD %L', $1::text, $2::text)`
+	sqlAlterRoleStmt   = `SELECT format('ALTER ROLE %I WITH LOGIN SUPERUSER PASSWORD %L', $1::text, $2::text)`
 	appNameAdmin       = "pgtest"
 	readOnlyParamName  = "default_transaction_read_only"
 	standbyStreamState = "streaming"
@@ -235,6 +240,12 @@ func (s *Server) demoteToStandby(ctx context.Context, primary *Server) error {
 // and it has replayed what primary had written when waitStreaming was called; at most a minute
 // or until ctx ends.
 func (s *Server) waitStreaming(ctx context.Context, primary *Server) error {
+	return s.waitStreamingVia(ctx, primary, primary.port)
+}
+
+// waitStreamingVia is waitStreaming for a standby whose WAL receiver connects to port: primary's
+// own, or a proxy's that forwards to primary.
+func (s *Server) waitStreamingVia(ctx context.Context, primary *Server, port int) error {
 	var target string
 	err := primary.withConn(ctx, nil, func(ctx context.Context, conn *pgx.Conn) error {
 		return conn.QueryRow(ctx, sqlWALPosition).Scan(&target)
@@ -246,18 +257,18 @@ func (s *Server) waitStreaming(ctx context.Context, primary *Server) error {
 		var (
 			in, caughtUp bool
 			status       string
-			port         int32
+			senderPort   int32
 		)
 		err := s.withConn(ctx, nil, func(ctx context.Context, conn *pgx.Conn) error {
-			return conn.QueryRow(ctx, sqlStandbyStatus, target).Scan(&in, &status, &port, &caughtUp)
+			return conn.QueryRow(ctx, sqlStandbyStatus, target).Scan(&in, &status, &senderPort, &caughtUp)
 		})
 		switch {
 		case err != nil:
 			return false, err
 		case !in:
 			return false, errors.New("not in recovery")
-		case status != standbyStreamState || int(port) != primary.port:
-			return false, fmt.Errorf("WAL receiver status %q from port %d", status, port)
+		case status != standbyStreamState || int(senderPort) != port:
+			return false, fmt.Errorf("WAL receiver status %q from port %d", status, senderPort)
 		case !caughtUp:
 			return false, errors.New("not caught up yet")
 		}
