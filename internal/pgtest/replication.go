@@ -13,14 +13,17 @@ import (
 var ErrNotStandby = errors.New("pgtest: server is not a standby")
 
 // CutReplication stops the standby s from receiving WAL, so that commits on its primary from
-// now on never reach it: it sets primary_conninfo to '' (ALTER SYSTEM, so it survives a restart)
-// and reloads the configuration, which makes the startup process stop the WAL receiver and not
-// start another. It blocks until no WAL receiver runs (at most a minute or until ctx ends).
+// now on never reach it: it sets primary_conninfo to the empty string (ALTER SYSTEM, so it
+// survives a restart) and reloads the configuration, which makes the startup process stop the
+// WAL receiver and not start another. It blocks until no WAL receiver runs (at most a minute
+// or until ctx ends). If no WAL receiver was running when it was called (its primary down, say),
+// it restarts s instead (ending its sessions), since then nothing shows when the startup process
+// has read the new setting.
 //
 // WAL the standby received before the cut is kept and is replayed, also by a later Promote;
 // commits its primary acknowledges after CutReplication returned are lost by a failover to s.
-// Cutting a standby whose WAL receiver was not running (its primary down, say) returns at once.
-// ResumeReplication and DemoteToStandby undo it. It fails with ErrNotStandby on a primary.
+// ResumeReplication, ReplicateThrough and DemoteToStandby undo it. It fails with ErrNotStandby
+// on a primary.
 func (s *Server) CutReplication(ctx context.Context) error {
 	if err := s.cutReplication(ctx); err != nil {
 		return fmt.Errorf("pgtest: cut replication of %s: %w", s.Name(), err)
@@ -29,16 +32,26 @@ func (s *Server) CutReplication(ctx context.Context) error {
 }
 
 func (s *Server) cutReplication(ctx context.Context) error {
-	if err := s.setPrimaryConninfo(ctx, ""); err != nil {
+	receiving, err := s.setPrimaryConninfo(ctx, "")
+	if err != nil {
 		return err
 	}
+	if !receiving {
+		return s.Restart(ctx)
+	}
 	return waitFor(ctx, "the WAL receiver to stop", func(ctx context.Context) (bool, error) {
-		var n int64
-		err := s.withConn(ctx, nil, func(ctx context.Context, conn *pgx.Conn) error {
-			return conn.QueryRow(ctx, sqlWALReceivers).Scan(&n)
-		})
+		n, err := s.walReceivers(ctx)
 		return n == 0, err
 	})
+}
+
+// walReceivers returns how many WAL receivers run on the server: 1 or 0.
+func (s *Server) walReceivers(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.withConn(ctx, nil, func(ctx context.Context, conn *pgx.Conn) error {
+		return conn.QueryRow(ctx, sqlWALReceivers).Scan(&n)
+	})
+	return n, err
 }
 
 // ResumeReplication makes the standby s stream from primary again (after CutReplication, or to
@@ -73,16 +86,16 @@ func (s *Server) resumeReplication(ctx context.Context, primary *Server, port in
 	if primary == s {
 		return errors.New("a server cannot be its own standby")
 	}
-	if err := s.setPrimaryConninfo(ctx, standbyConninfo(port)); err != nil {
+	if _, err := s.setPrimaryConninfo(ctx, standbyConninfo(port)); err != nil {
 		return err
 	}
 	return s.waitStreamingVia(ctx, primary, port)
 }
 
-// setPrimaryConninfo sets primary_conninfo on the standby s and reloads its configuration. It
-// fails with ErrNotStandby if s is not in recovery.
-func (s *Server) setPrimaryConninfo(ctx context.Context, conninfo string) error {
-	return s.withConn(ctx, nil, func(ctx context.Context, conn *pgx.Conn) error {
+// setPrimaryConninfo sets primary_conninfo on the standby s and reloads its configuration, and
+// reports whether a WAL receiver ran before. It fails with ErrNotStandby if s is not in recovery.
+func (s *Server) setPrimaryConninfo(ctx context.Context, conninfo string) (receiving bool, err error) {
+	err = s.withConn(ctx, nil, func(ctx context.Context, conn *pgx.Conn) error {
 		var in bool
 		if err := conn.QueryRow(ctx, sqlInRecovery).Scan(&in); err != nil {
 			return err
@@ -90,6 +103,11 @@ func (s *Server) setPrimaryConninfo(ctx context.Context, conninfo string) error 
 		if !in {
 			return ErrNotStandby
 		}
+		var n int64
+		if err := conn.QueryRow(ctx, sqlWALReceivers).Scan(&n); err != nil {
+			return err
+		}
+		receiving = n > 0
 		// ALTER SYSTEM takes no parameters: the server quotes the value.
 		var stmt string
 		if err := conn.QueryRow(ctx, sqlSetConninfoStmt, conninfo).Scan(&stmt); err != nil {
@@ -101,6 +119,7 @@ func (s *Server) setPrimaryConninfo(ctx context.Context, conninfo string) error 
 		_, err := conn.Exec(ctx, sqlReloadConf)
 		return err
 	})
+	return receiving, err
 }
 
 // WALPosition returns the server's WAL position as a pg_lsn text ("0/3000148"): the flush
