@@ -10,6 +10,30 @@
 // pg_rewind), restarted, stopped, killed and closed. A [Proxy] forwards TCP connections to a
 // target that can be switched (like a DNS change), delayed, reset or blackholed.
 //
+// # Losing commits
+//
+// The read-only demotion keeps every commit. To lose acknowledged commits for real, as an
+// asynchronous replica does in a failover, cut the standby off first:
+//
+//	standby.CutReplication(ctx)           // the standby receives no more WAL
+//	// ... commits on primary, acknowledged ...
+//	primary.Kill()                        // crash: immediate shutdown
+//	standby.Promote(ctx)                  // the new primary lacks those commits
+//	primary.DemoteToStandby(ctx, standby) // pg_rewind discards them on the old primary
+//
+// after which the roles can be swapped and the sequence repeated. [Server.ResumeReplication]
+// undoes a cut, [Server.ReplicateThrough] sends the WAL stream through a [Proxy] so that it can
+// be delayed or held, and [Server.WALPosition] tells how far a server has written or replayed.
+// Pausing replay (pg_wal_replay_pause) loses nothing: promotion replays all received WAL first.
+//
+// # Passwords
+//
+// The roles listed in [Options].PasswordRoles must authenticate with scram-sha-256 over TCP;
+// everyone else is trusted. [Server.SetRolePassword] creates such a role (LOGIN SUPERUSER) or
+// rotates its password, which takes effect for new connections at once; [Server.ConnStringAs]
+// builds a URL with credentials. A replica requires the passwords of its primary's roles unless
+// its own Options list others, and gets the passwords themselves by replication.
+//
 // PostgreSQL refuses to run as root; when the process runs as root every server binary is run
 // as the "postgres" system user.
 //
