@@ -71,6 +71,7 @@ func (o *Options) hba() string {
 	var b strings.Builder
 	b.WriteString("# Written by pgtest for this server; rewritten when the data directory is copied.\n")
 	b.WriteString("local all all trust\n")
+	b.WriteString("local replication all trust\n")
 	for _, role := range o.PasswordRoles {
 		fmt.Fprintf(&b, "host all \"%s\" 127.0.0.1/32 scram-sha-256\n", role)
 	}

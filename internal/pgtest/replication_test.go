@@ -98,6 +98,12 @@ func TestCutAndResumeReplication(t *testing.T) {
 	execSQL(t, primary.ConnString(""), "INSERT INTO t VALUES ('resumed')")
 	waitValue(t, standby, "resumed")
 
+	// A cut standby can also be made to follow again with DemoteToStandby (nothing to rewind).
+	require.NoError(t, standby.CutReplication(ctx))
+	execSQL(t, primary.ConnString(""), "INSERT INTO t VALUES ('cut again')")
+	require.NoError(t, standby.DemoteToStandby(ctx, primary))
+	require.EqualValues(t, 1, countValue(t, standby, "cut again"))
+
 	// Only a standby has replication to cut or resume.
 	require.ErrorIs(t, primary.CutReplication(ctx), ErrNotStandby)
 	require.ErrorIs(t, primary.ResumeReplication(ctx, standby), ErrNotStandby)

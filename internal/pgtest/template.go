@@ -24,7 +24,8 @@ const templateFormat = "pgtest-template-2"
 var initdbArgs = []string{"-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"}
 
 // hbaLines allow every user, database and replication connection from loopback without a
-// password.
+// password. They only make the template usable by itself: each server's pg_hba.conf is
+// rewritten from its Options (see writeConf).
 const hbaLines = `
 # pgtest: trust every loopback connection, replication included.
 host all all 127.0.0.1/32 trust
