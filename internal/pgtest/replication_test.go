@@ -89,7 +89,9 @@ func TestCutAndResumeReplication(t *testing.T) {
 	require.True(t, in)
 
 	// Resumed, the standby has everything at once.
+	start := time.Now()
 	require.NoError(t, standby.ResumeReplication(ctx, primary))
+	t.Logf("ResumeReplication took %v", time.Since(start).Round(time.Millisecond))
 	require.EqualValues(t, 1, countValue(t, standby, "while cut"))
 	require.EqualValues(t, 1, countValue(t, standby, "after restart"))
 	pos, err := standby.WALPosition(ctx)
