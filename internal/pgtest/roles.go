@@ -180,10 +180,12 @@ func (s *Server) setReadOnly(ctx context.Context, on bool) error {
 // DemoteToStandby turns the server into a streaming standby of primary, as after a failover
 // that promoted primary: it shuts the server down (fast), runs pg_rewind against primary (which
 // rewinds the server if its timeline diverged, and otherwise does nothing), writes standby.signal
-// and a primary_conninfo pointing at primary, clears a DemoteReadOnly, and starts it on the same
-// port. It blocks until the server is in recovery and streaming from primary (each step at most
-// a minute, less if ctx ends sooner). A server that was killed is crash-recovered by pg_rewind
-// first. On error the server may be left stopped.
+// and a primary_conninfo pointing at primary (which also undoes CutReplication and
+// ReplicateThrough), restores its own settings and pg_hba.conf (pg_rewind copies primary's),
+// clears a DemoteReadOnly, and starts it on the same port. It blocks until the server is in
+// recovery and streaming from primary (each step at most a minute, less if ctx ends sooner). A
+// server that was killed is crash-recovered by pg_rewind first (tested after Kill with commits
+// primary never had: they are discarded). On error the server may be left stopped.
 func (s *Server) DemoteToStandby(ctx context.Context, primary *Server) error {
 	if err := s.demoteToStandby(ctx, primary); err != nil {
 		return fmt.Errorf("pgtest: demote %s to standby of %s: %w", s.Name(), primary.Name(), err)

@@ -29,8 +29,8 @@ const (
 
 // Server is a throwaway PostgreSQL server: a postmaster child process of this process, with its
 // data directory, log and socket in a work directory of its own. It accepts TCP connections from
-// 127.0.0.1 without a password for every user except the Options.PasswordRoles. Methods are safe for concurrent use;
-// lifecycle changes (Restart, Stop, DemoteToStandby, Close) are serialised.
+// 127.0.0.1 without a password for every user except the Options.PasswordRoles. Methods are safe
+// for concurrent use; lifecycle changes (Restart, Stop, DemoteToStandby, Close) are serialised.
 type Server struct {
 	bin     string // directory of the server binaries
 	user    *osUser
@@ -92,8 +92,8 @@ func StartPrimary(ctx context.Context, opts *Options) (*Server, error) {
 
 // StartReplica starts a new streaming replica of s: a pg_basebackup of s (fast checkpoint, WAL
 // streamed along), configured as a standby of s, started on a free port. Without
-// Options.PasswordRoles of its own it requires passwords of the same roles as s. It blocks until the
-// replica accepts connections, is in recovery and streams from s (at most a minute for each
+// Options.PasswordRoles of its own it requires passwords of the same roles as s. It blocks until
+// the replica accepts connections, is in recovery and streams from s (at most a minute for each
 // step, less if ctx ends sooner). On error nothing is left behind. Close the replica when done.
 func (s *Server) StartReplica(ctx context.Context, opts *Options) (*Server, error) {
 	r, err := newServer(opts)
