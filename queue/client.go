@@ -49,15 +49,17 @@ type Client struct {
 
 	journal            *journal[EnqueueParams] // acknowledged keyed enqueues, when the DB reports writer changes
 	reassertedEnqueues atomic.Int64
+	closing            atomic.Bool
 	quit               chan struct{}
 	bg                 sync.WaitGroup
 }
 
 // New returns a Client on db. It does not touch the database; tables must
 // have been installed with the migrations package. When db reports writer
-// changes (WriterWatcher), the client starts a goroutine that asserts its
-// journaled enqueues on each new writer; Close stops it. New returns an
-// *ArgumentError for an invalid configuration.
+// changes (WriterWatcher), the client starts two goroutines: one that notes
+// each writer change, and one that asserts the journaled enqueues the new
+// writer may have lost, retrying until they are asserted or the client is
+// closed. New returns an *ArgumentError for an invalid configuration.
 func New(db DB, cfg *Config) (*Client, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.validate(); err != nil {
@@ -75,10 +77,17 @@ func New(db DB, cfg *Config) (*Client, error) {
 	}
 	if w, ok := db.(WriterWatcher); ok && cfg.JournalWindow > 0 {
 		c.journal = newJournal[EnqueueParams](cfg.JournalWindow)
-		c.bg.Add(1)
+		c.bg.Add(2)
 		go func() {
 			defer c.bg.Done()
-			watchWriter(w, c.quit, c.reassertEnqueues)
+			watchWriter(w, c.quit, c.journal.advance)
+		}()
+		go func() {
+			defer c.bg.Done()
+			c.journal.assertLoop(c.quit, c.assertEnqueues, func(err error, pending int) {
+				c.log.Warn("could not assert journaled enqueues on the current writer; retrying",
+					zap.Int("pending", pending), zap.Error(err))
+			})
 		}()
 	}
 	return c, nil
@@ -88,13 +97,50 @@ func New(db DB, cfg *Config) (*Client, error) {
 // missing after a failover and got again (see Config.JournalWindow).
 func (c *Client) ReassertedEnqueues() int64 { return c.reassertedEnqueues.Load() }
 
+// JournalStats describes a Client's journal of acknowledged keyed enqueues.
+type JournalStats struct {
+	// Journaled is how many acknowledged keyed enqueues the journal holds.
+	Journaled int
+	// Pending is how many of them a writer change left to be asserted on
+	// the current writer and are not yet: while it is above zero, those
+	// batches exist for sure only in this process's memory.
+	Pending int
+	// Reasserted is how many journaled enqueues a new writer was missing
+	// and got again, since the client was created.
+	Reasserted int64
+}
+
+// JournalStats returns the state of the client's journal. It does not
+// block on the database.
+func (c *Client) JournalStats() JournalStats {
+	n, pending := c.journal.counts()
+	return JournalStats{Journaled: n, Pending: pending, Reasserted: c.reassertedEnqueues.Load()}
+}
+
 // Close stops the client's LISTEN connection and its writer watcher.
 // Operations after Close return ErrClosed; runners must be stopped first.
 // Close does not close the DB. A second Close is a no-op.
+//
+// If a writer change left journaled enqueues not yet asserted on the
+// current writer, Close first tries to assert them, for up to
+// Config.RetryWindow, and returns an error matching ErrNotReasserted that
+// says how many it could not: those batches were acknowledged by a writer
+// that has since been replaced and may be lost; re-enqueue them (their
+// idempotency keys make that safe).
 func (c *Client) Close() error {
-	if c.closed.Swap(true) {
+	if c.closing.Swap(true) {
 		return nil
 	}
+	var err error
+	if _, pending := c.journal.counts(); pending > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RetryWindow)
+		if n := c.journal.flush(ctx, c.assertEnqueues); n > 0 {
+			err = fmt.Errorf("close: %d acknowledged keyed enqueues could not be asserted on the current writer: %w", n, ErrNotReasserted)
+			c.log.Error("closing with journaled enqueues not asserted on the current writer", zap.Int("pending", n))
+		}
+		cancel()
+	}
+	c.closed.Store(true)
 	close(c.quit)
 	c.bg.Wait()
 	c.notifyMu.Lock()
@@ -104,7 +150,7 @@ func (c *Client) Close() error {
 	if n != nil {
 		n.stop()
 	}
-	return nil
+	return err
 }
 
 func (c *Client) check(op string) error {

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+	"go.uber.org/zap"
 
 	"github.com/skiplock/skiplock/batch"
 )
@@ -103,7 +105,7 @@ func (c *Client) enqueueMany(ctx context.Context, ps []EnqueueParams, journal bo
 		return nil, err
 	}
 	var out []EnqueueResult
-	since := c.journal.epochNow()
+	since := c.journal.epochNow() // before anything is sent
 	err = c.retry(ctx, "enqueue", cols.allKeyed(), func(ctx context.Context) error {
 		if len(ps) <= MaxEnqueueBatchRows {
 			out, err = c.enqueue(ctx, c.db, ps, cols)
@@ -118,9 +120,102 @@ func (c *Client) enqueueMany(ctx context.Context, ps []EnqueueParams, journal bo
 		return nil, err
 	}
 	if journal {
-		c.journalEnqueued(ctx, since, ps, cols)
+		return c.journalEnqueued(ctx, since, ps, cols, out)
 	}
 	return out, nil
+}
+
+// journalEnqueued journals the keyed batches of an acknowledged enqueue
+// that started in epoch since, with their effective keys (payloads are kept
+// by reference), and returns the call's results.
+//
+// If the writer changed while the enqueue ran, the acknowledgement may have
+// come from the writer being replaced, and the change's advance of the
+// journal may have run before these batches were journaled: they are
+// journaled as pending (the client's asserter takes them from there, until
+// Close), and the call asserts them on the current writer itself, within
+// ctx, so that what it reports is true of the current writer. If that
+// fails, or the call also had batches without keys (which cannot be
+// asserted again safely), it returns an *OutcomeUnknownError.
+func (c *Client) journalEnqueued(ctx context.Context, since int64, ps []EnqueueParams, cols *enqueueColumns, out []EnqueueResult) ([]EnqueueResult, error) {
+	if c.journal == nil {
+		return out, nil
+	}
+	var keyed []EnqueueParams
+	var at []int // index in ps of each keyed batch
+	if cols.keyed {
+		keyed = make([]EnqueueParams, 0, len(ps))
+		at = make([]int, 0, len(ps))
+		for i := range ps {
+			if cols.key[i] == "" {
+				continue
+			}
+			p := ps[i]
+			p.IdempotencyKey = cols.key[i]
+			keyed = append(keyed, p)
+			at = append(at, i)
+		}
+	}
+	var straddled bool
+	var seqs []uint64
+	if len(keyed) > 0 {
+		straddled, seqs = c.journal.add(since, keyed...)
+	} else {
+		straddled = c.journal.epochNow() != since
+	}
+	if !straddled {
+		return out, nil
+	}
+	if cols.unkeyed {
+		return nil, &OutcomeUnknownError{Op: "enqueue", Err: errStraddled}
+	}
+	for {
+		epoch := c.journal.epochNow()
+		res, err := c.enqueueMany(ctx, keyed, false)
+		if err != nil {
+			c.log.Warn("could not assert an enqueue that straddled a writer change; the journal keeps it",
+				zap.Int("batches", len(keyed)), zap.Error(err))
+			return nil, &OutcomeUnknownError{Op: "enqueue", Err: fmt.Errorf("%w; asserting it on the new writer failed: %w", errStraddled, err)}
+		}
+		if !c.journal.settle(seqs, epoch) {
+			continue // the writer changed again meanwhile
+		}
+		restored := 0
+		for j, r := range res {
+			out[at[j]].ID = r.ID // the id on the current writer
+			if !r.Duplicate && !out[at[j]].Duplicate {
+				restored++
+			}
+		}
+		c.reassertedEnqueues.Add(int64(restored))
+		return out, nil
+	}
+}
+
+// errStraddled says why an enqueue's outcome is unknown after a writer change.
+var errStraddled = errors.New("acknowledged by a writer that was replaced while the call ran")
+
+// assertEnqueues enqueues journaled keyed batches again on the current
+// writer; those it already has are duplicates and add nothing.
+func (c *Client) assertEnqueues(ctx context.Context, ps []EnqueueParams) error {
+	res, err := c.enqueueMany(ctx, ps, false)
+	if err != nil {
+		return err
+	}
+	restored := 0
+	for _, r := range res {
+		if !r.Duplicate {
+			restored++
+		}
+	}
+	c.reassertedEnqueues.Add(int64(restored))
+	lvl := zap.DebugLevel
+	if restored > 0 {
+		lvl = zap.WarnLevel
+	}
+	c.log.Log(lvl, "asserted journaled enqueues on the current writer",
+		zap.Int("journaled", len(ps)), zap.Int("restored", restored))
+	return nil
 }
 
 // EnqueueManyTx is EnqueueMany inside the caller's transaction.

@@ -23,6 +23,13 @@ var (
 	// ErrNotFound is returned when a batch does not exist (for example by
 	// Get), or a requeue names a batch that is not dead.
 	ErrNotFound = errors.New("skiplock: not found")
+
+	// ErrNotReasserted is matched by the error of Client.Close and
+	// Runner.Stop when work acknowledged by a writer that has since been
+	// replaced could not be asserted on the current writer before the
+	// call gave up: keyed enqueues (which may be lost; re-enqueue them) or
+	// completions (whose batches may run again).
+	ErrNotReasserted = errors.New("skiplock: acknowledged work not asserted on the current writer")
 )
 
 // ArgumentError reports bad input: a configuration field or an argument of

@@ -475,19 +475,27 @@ func (c *Client) ReclaimExpired(ctx context.Context, queue string) (available, d
 
 // Completion identifies an acknowledged completion for ReassertCompleted:
 // the claim's Ref and the batch's creation time (a batch id alone can name
-// another batch on a writer that lost commits).
+// another batch on a writer that lost commits), and its queue and
+// idempotency key, which name the batch even after a failover re-enqueued
+// it under another id.
 type Completion struct {
 	Ref       Ref
 	CreatedAt time.Time
+	Queue     string
+	Key       string // empty for a batch without an idempotency key
 }
 
 // ReassertCompleted asserts completions that an earlier writer
 // acknowledged on the current one, which may have lost them (a failover to
-// an asynchronous replica). Each batch still in the table is finished unless
-// a lease other than its ref's holds it; batches already finished are left
-// alone. It returns how many batches it finished, i.e. how many
-// completions the writer had lost. Runners call it after every writer
-// change for their journaled completions.
+// an asynchronous replica). A batch is found by id and creation time, or by
+// queue and idempotency key (a re-asserted enqueue can carry another id),
+// and finished whatever its state: it was completed, so a claim the new
+// writer handed out since is a duplicate run, whose acknowledgements then
+// report ErrLeaseLost. The key of a keyed completion is recorded as known,
+// so a later re-assertion of its enqueue adds nothing. Batches already
+// finished are left alone. It returns how many batches it finished, i.e.
+// how many completions the writer had lost. Runners call it after every
+// writer change for their journaled completions.
 func (c *Client) ReassertCompleted(ctx context.Context, refs []Completion) (restored int, err error) {
 	if err := c.check("reassert"); err != nil {
 		return 0, err
@@ -500,11 +508,14 @@ func (c *Client) ReassertCompleted(ctx context.Context, refs []Completion) (rest
 		defer cancel()
 		sorted := slices.Clone(refs)
 		slices.SortFunc(sorted, func(a, b Completion) int { return cmp.Compare(a.Ref.ID, b.Ref.ID) })
-		ids, tokens, created := make([]int64, len(sorted)), make([]int64, len(sorted)), make([]time.Time, len(sorted))
+		n := len(sorted)
+		ids, tokens, created := make([]int64, n), make([]int64, n), make([]time.Time, n)
+		queues, keys := make([]string, n), make([]string, n)
 		for i, r := range sorted {
 			ids[i], tokens[i], created[i] = r.Ref.ID, r.Ref.Token, r.CreatedAt
+			queues[i], keys[i] = r.Queue, r.Key
 		}
-		rows, err := c.db.Query(ctx, c.sql.reassertComplete, ids, tokens, created)
+		rows, err := c.db.Query(ctx, c.sql.reassertComplete, ids, tokens, created, queues, keys)
 		if err != nil {
 			return fmt.Errorf("reassert %d completions: %w", len(refs), err)
 		}

@@ -16,10 +16,14 @@ import (
 // ErrOutcomeUnknown is matched by *OutcomeUnknownError.
 var ErrOutcomeUnknown = errors.New("skiplock: outcome unknown")
 
-// OutcomeUnknownError reports that an operation which is not safe to repeat
-// (an enqueue without idempotency keys) failed after it may have reached the
-// database: it may or may not have committed. errors.Is(err,
-// ErrOutcomeUnknown) is true for it; Err is the underlying error.
+// OutcomeUnknownError reports that an operation failed in a way that leaves
+// open whether it committed: an enqueue without idempotency keys (not safe
+// to repeat) whose connection broke or whose context ended after the
+// statement was sent, or an enqueue acknowledged by a writer that was
+// replaced while the call ran and that could not be confirmed on the new
+// writer. errors.Is(err, ErrOutcomeUnknown) is true for it; Err is the
+// underlying error. An enqueue whose batches all have idempotency keys is
+// safe to repeat after it.
 type OutcomeUnknownError struct {
 	Op  string
 	Err error
@@ -27,7 +31,7 @@ type OutcomeUnknownError struct {
 
 // Error says which operation's outcome is unknown and why.
 func (e *OutcomeUnknownError) Error() string {
-	return fmt.Sprintf("skiplock: %s: outcome unknown (use idempotency keys to make it safe to retry): %v", e.Op, e.Err)
+	return fmt.Sprintf("skiplock: %s: outcome unknown: %v", e.Op, e.Err)
 }
 
 // Unwrap returns the underlying error.
@@ -40,21 +44,43 @@ func (e *OutcomeUnknownError) Is(target error) bool { return target == ErrOutcom
 // that a safe operation is worth repeating.
 func transient(err error) bool { return failover.Classify(err).Transient() }
 
+// failedForSure reports whether err proves that the operation committed
+// nothing: it failed before anything was sent (no connection, no writer,
+// a context that was already done), or the server answered with an error,
+// which aborts the statement and its transaction.
+func failedForSure(err error) bool {
+	if pgconn.SafeToRetry(err) {
+		return true
+	}
+	var connErr *pgconn.ConnectError
+	var pgErr *pgconn.PgError
+	var stale *failover.StaleWriterError
+	switch {
+	case errors.As(err, &connErr), errors.As(err, &pgErr), errors.As(err, &stale):
+		return true
+	}
+	return failover.Classify(err) == failover.ClassNoWriter
+}
+
 // retry runs op until it succeeds, fails for a reason a retry cannot fix,
 // ctx ends or Config.RetryWindow has passed. idempotent says whether op may
-// be repeated after it reached the database; otherwise only failures that
-// happened before anything was sent are retried, and others become an
-// *OutcomeUnknownError.
+// be repeated after it reached the database. An op that is not is repeated
+// only after failures that prove it committed nothing; any other failure
+// (a broken connection or a context that ended after the statement was
+// sent, before its answer came) becomes an *OutcomeUnknownError.
 func (c *Client) retry(ctx context.Context, op string, idempotent bool, fn func(ctx context.Context) error) error {
 	start := time.Now()
 	var bo *backoff.ExponentialBackOff // made on the first failure: most calls never need it
 	for attempt := 1; ; attempt++ {
 		err := fn(ctx)
-		if err == nil || !transient(err) || ctx.Err() != nil {
-			return err
+		if err == nil {
+			return nil
 		}
-		if !idempotent && !pgconn.SafeToRetry(err) {
+		if !idempotent && !failedForSure(err) {
 			return &OutcomeUnknownError{Op: op, Err: err}
+		}
+		if !transient(err) || ctx.Err() != nil {
+			return err
 		}
 		if bo == nil {
 			bo = newBackOff(25*time.Millisecond, time.Second)

@@ -15,7 +15,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/skiplock/skiplock/batch"
-	"github.com/skiplock/skiplock/failover"
 )
 
 var (
@@ -116,6 +115,9 @@ type RunnerStats struct {
 	Reclaimed       int64 // expired leases of the queue made claimable again by this runner
 	Reasserted      int64 // completions a new writer had lost, asserted again after a failover
 	Running         int   // handlers running now
+	// PendingReassert is how many acknowledged completions a writer change
+	// left to be asserted on the current writer and are not yet.
+	PendingReassert int
 }
 
 // NewRunner returns a Runner for c. It checks cfg and returns an
@@ -200,10 +202,17 @@ func (r *Runner) Start(ctx context.Context) error {
 	}
 	if w, ok := r.c.db.(WriterWatcher); ok && r.c.cfg.JournalWindow > 0 {
 		r.completedJournal = newJournal[Completion](r.c.cfg.JournalWindow)
-		r.bg.Add(1)
+		r.bg.Add(2)
 		go func() {
 			defer r.bg.Done()
-			watchWriter(w, bgCtx.Done(), func() { r.reassertCompletions(bgCtx) })
+			watchWriter(w, bgCtx.Done(), r.completedJournal.advance)
+		}()
+		go func() {
+			defer r.bg.Done()
+			r.completedJournal.assertLoop(bgCtx.Done(), r.assertCompletions, func(err error, pending int) {
+				r.log.Warn("could not assert journaled completions on the current writer; retrying",
+					zap.Int("pending", pending), zap.Error(err))
+			})
 		}()
 	}
 	go r.claimLoop()
@@ -294,6 +303,13 @@ func (r *Runner) Stop(ctx context.Context) error {
 		stopErr = fmt.Errorf("stop runner %q: %d outcomes not acknowledged; their leases will expire", short(r.cfg.Queue), n)
 	}
 
+	if n := r.flushCompletions(ctx); n > 0 {
+		err := fmt.Errorf("stop runner %q: %d completions acknowledged by a replaced writer could not be asserted on the current one; those batches may run again: %w",
+			short(r.cfg.Queue), n, ErrNotReasserted)
+		r.log.Error("stopping with journaled completions not asserted on the current writer", zap.Int("pending", n))
+		stopErr = errors.Join(stopErr, err)
+	}
+
 	r.bgCancel()
 	r.bg.Wait()
 	close(r.work)
@@ -313,6 +329,21 @@ func (r *Runner) Stop(ctx context.Context) error {
 		zap.Int64("retried", st.Retried), zap.Int64("dead", st.Dead),
 		zap.Int64("released", st.Released), zap.Int64("lease_lost", st.LeaseLost))
 	return stopErr
+}
+
+// flushCompletions asserts journaled completions that a writer change left
+// pending, within ctx (or one round-trip timeout if ctx is done), and
+// returns how many are still pending.
+func (r *Runner) flushCompletions(ctx context.Context) int {
+	if _, pending := r.completedJournal.counts(); pending == 0 {
+		return 0
+	}
+	if ctx.Err() != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), r.rtTimeout)
+		defer cancel()
+	}
+	return r.completedJournal.flush(ctx, r.assertCompletions)
 }
 
 // cancelAll cancels the context of every running handler.
@@ -356,7 +387,13 @@ func (r *Runner) Stats() RunnerStats {
 		Reclaimed:       s.reclaimed.Load(),
 		Reasserted:      s.reasserted.Load(),
 		Running:         r.running(),
+		PendingReassert: pendingOf(r.completedJournal),
 	}
+}
+
+func pendingOf[T any](j *journal[T]) int {
+	_, pending := j.counts()
+	return pending
 }
 
 func (r *Runner) running() int {
@@ -627,15 +664,7 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 			}
 		}
 	}
-	if straddled := r.settle(epoch, completes, completed, failJobs, failRes, releases, released); len(straddled) > 0 {
-		// The writer changed while these completions were under way: the
-		// change's snapshot may have missed them, so assert them now.
-		n, err := r.c.ReassertCompleted(ctx, straddled)
-		if err != nil {
-			r.log.Error("could not assert completions that straddled a writer change", zap.Int("batches", len(straddled)), zap.Error(err))
-		}
-		r.stats.reasserted.Add(int64(n))
-	}
+	r.settle(epoch, completes, completed, failJobs, failRes, releases, released)
 	return claimed, sent, retry, nil
 }
 
@@ -647,14 +676,16 @@ func refsOf(jobs []*job) []Ref {
 	return refs
 }
 
-// settle records acknowledged outcomes and forgets their jobs.
-func (r *Runner) settle(epoch int64, completes []*job, completed map[int64]bool, fails []*job, failRes map[int64]bool, releases []*job, released map[int64]bool) (straddled []Completion) {
+// settle records acknowledged outcomes and forgets their jobs. Completions
+// are journaled; if the writer changed while they were under way (epoch is
+// when the round trip started), the journal asserts them on the new writer.
+func (r *Runner) settle(epoch int64, completes []*job, completed map[int64]bool, fails []*job, failRes map[int64]bool, releases []*job, released map[int64]bool) {
 	lost := 0
 	var journaled []Completion
 	for _, j := range completes {
 		if completed[j.ref.ID] {
 			r.stats.completed.Add(1)
-			journaled = append(journaled, Completion{Ref: j.ref, CreatedAt: j.b.CreatedAt})
+			journaled = append(journaled, Completion{Ref: j.ref, CreatedAt: j.b.CreatedAt, Queue: j.b.Queue, Key: j.b.IdempotencyKey})
 		} else {
 			lost++
 			r.log.Warn("completion refused: lease lost", zap.Int64("batch", j.ref.ID))
@@ -682,9 +713,7 @@ func (r *Runner) settle(epoch int64, completes []*job, completed map[int64]bool,
 		}
 	}
 	r.stats.leaseLost.Add(int64(lost))
-	if r.completedJournal.add(epoch, journaled...) {
-		straddled = journaled
-	}
+	r.completedJournal.add(epoch, journaled...)
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -693,7 +722,6 @@ func (r *Runner) settle(epoch int64, completes []*job, completed map[int64]bool,
 			delete(r.inflight, j.ref.ID)
 		}
 	}
-	return straddled
 }
 
 // dispatch hands each claimed batch to a handler goroutine. sent is when
@@ -861,25 +889,19 @@ func (r *Runner) heartbeatLoop(ctx context.Context) {
 	}
 }
 
-// reassertCompletions asserts the journaled completions on a new writer.
-func (r *Runner) reassertCompletions(ctx context.Context) {
-	refs := r.completedJournal.advance()
-	if len(refs) == 0 {
-		return
-	}
-	n, err := r.c.ReassertCompleted(ctx, refs)
+// assertCompletions asserts journaled completions on the current writer.
+func (r *Runner) assertCompletions(ctx context.Context, cs []Completion) error {
+	n, err := r.c.ReassertCompleted(ctx, cs)
 	if err != nil {
-		if ctx.Err() == nil && !errors.Is(err, failover.ErrClosed) {
-			r.log.Error("could not assert recent completions on the new writer", zap.Int("batches", len(refs)), zap.Error(err))
-		}
-		return
+		return err
 	}
 	r.stats.reasserted.Add(int64(n))
-	lvl := zap.InfoLevel
+	lvl := zap.DebugLevel
 	if n > 0 {
 		lvl = zap.WarnLevel
 	}
-	r.log.Log(lvl, "asserted recent completions on the new writer", zap.Int("journaled", len(refs)), zap.Int("restored", n))
+	r.log.Log(lvl, "asserted journaled completions on the current writer", zap.Int("journaled", len(cs)), zap.Int("restored", n))
+	return nil
 }
 
 // reclaimLoop makes expired leases of the queue claimable again, vacuums

@@ -56,6 +56,7 @@ const (
 keys AS (
     INSERT INTO {s}.batch_key (queue, idempotency_key)
     SELECT q, ikey FROM src WHERE ikey IS NOT NULL AND ord = first_ord
+    ORDER BY q, ikey -- one lock order for every producer: no deadlocks between overlapping key sets
     ON CONFLICT (queue, idempotency_key) DO NOTHING
     RETURNING queue, idempotency_key, batch_id
 ),
@@ -166,16 +167,34 @@ rec AS (
 SELECT id FROM rec`
 
 	// Re-assert completions acknowledged by an earlier writer on a new one
-	// that may have lost them: finish each batch unless another lease holds
-	// it, recording the completion under the token that was acknowledged.
-	// A batch is matched by id and creation time: after a failover that lost
-	// commits, the new writer may hand the same id to another batch.
-	sqlReassertComplete = `WITH gone AS (
-    DELETE FROM {s}.batch b
-    USING unnest($1::int8[], $2::int8[], $3::timestamptz[]) AS c(id, token, created_at)
-    WHERE b.id = c.id AND b.created_at = c.created_at
-        AND (b.lease_token = c.token OR (b.lease_token IS NULL AND b.state = 'available'))
-    RETURNING b.id, c.token, b.created_at, b.attempt, b.queue
+	// that may have lost them. A batch is matched by id and creation time
+	// (after lost commits the new writer may hand the same id to another
+	// batch), or by queue and idempotency key through batch_key (a
+	// re-asserted enqueue gets a new id), and finished whatever its state,
+	// recording the completion under the token that was acknowledged. Keys
+	// are recorded in batch_key (when missing) so that a later re-assertion
+	// of the enqueue is a duplicate. Keys are locked in (queue, key) order.
+	sqlReassertComplete = `WITH c AS (
+    SELECT * FROM unnest($1::int8[], $2::int8[], $3::timestamptz[], $4::text[], $5::text[])
+        AS c(id, token, created_at, queue, ikey)
+),
+target AS (
+    SELECT b.id, c.token FROM c JOIN {s}.batch b ON b.id = c.id AND b.created_at = c.created_at
+    UNION
+    SELECT b.id, c.token FROM c
+    JOIN {s}.batch_key k ON k.queue = c.queue AND k.idempotency_key = c.ikey
+    JOIN {s}.batch b ON b.id = k.batch_id AND b.queue = c.queue AND b.idempotency_key = c.ikey
+    WHERE c.ikey <> ''
+),
+gone AS (
+    DELETE FROM {s}.batch b USING target t
+    WHERE b.id = t.id
+    RETURNING b.id, t.token, b.created_at, b.attempt, b.queue
+),
+keys AS (
+    INSERT INTO {s}.batch_key (queue, idempotency_key, batch_id)
+    SELECT queue, ikey, id FROM c WHERE ikey <> '' ORDER BY queue, ikey
+    ON CONFLICT (queue, idempotency_key) DO NOTHING
 ),
 rec AS (
     INSERT INTO {s}.batch_done (id, lease_token, created_at, attempt, queue)
