@@ -47,6 +47,7 @@ type Client struct {
 	notifyMu sync.Mutex
 	notifier *notifier // started by the first runner that wants wake-ups
 
+	watcher            WriterWatcher           // the DB, when it reports writer changes
 	journal            *journal[EnqueueParams] // acknowledged keyed enqueues, when the DB reports writer changes
 	reassertedEnqueues atomic.Int64
 	closing            atomic.Bool
@@ -76,6 +77,7 @@ func New(db DB, cfg *Config) (*Client, error) {
 		quit: make(chan struct{}),
 	}
 	if w, ok := db.(WriterWatcher); ok && cfg.JournalWindow > 0 {
+		c.watcher = w
 		c.journal = newJournal[EnqueueParams](cfg.JournalWindow)
 		c.bg.Add(2)
 		go func() {
@@ -158,6 +160,15 @@ func (c *Client) check(op string) error {
 		return fmt.Errorf("%s: %w", op, ErrClosed)
 	}
 	return nil
+}
+
+// writerChanged returns the channel that is closed at the next writer
+// change, or nil without a journal.
+func (c *Client) writerChanged() <-chan struct{} {
+	if c.journal == nil {
+		return nil
+	}
+	return c.watcher.WriterChanged()
 }
 
 // opContext bounds one round trip by OpTimeout.

@@ -104,8 +104,13 @@ func (c *Client) enqueueMany(ctx context.Context, ps []EnqueueParams, journal bo
 	if err != nil || len(ps) == 0 {
 		return nil, err
 	}
+	if perm := cols.lockOrder(); perm != nil {
+		return inLockOrder(ps, perm, func(sorted []EnqueueParams) ([]EnqueueResult, error) {
+			return c.enqueueMany(ctx, sorted, journal)
+		})
+	}
 	var out []EnqueueResult
-	since := c.journal.epochNow() // before anything is sent
+	since, changed := c.journal.epochNow(), c.writerChanged() // before anything is sent
 	err = c.retry(ctx, "enqueue", cols.allKeyed(), func(ctx context.Context) error {
 		if len(ps) <= MaxEnqueueBatchRows {
 			out, err = c.enqueue(ctx, c.db, ps, cols)
@@ -120,7 +125,7 @@ func (c *Client) enqueueMany(ctx context.Context, ps []EnqueueParams, journal bo
 		return nil, err
 	}
 	if journal {
-		return c.journalEnqueued(ctx, since, ps, cols, out)
+		return c.journalEnqueued(ctx, since, closed(changed), ps, cols, out)
 	}
 	return out, nil
 }
@@ -137,7 +142,7 @@ func (c *Client) enqueueMany(ctx context.Context, ps []EnqueueParams, journal bo
 // ctx, so that what it reports is true of the current writer. If that
 // fails, or the call also had batches without keys (which cannot be
 // asserted again safely), it returns an *OutcomeUnknownError.
-func (c *Client) journalEnqueued(ctx context.Context, since int64, ps []EnqueueParams, cols *enqueueColumns, out []EnqueueResult) ([]EnqueueResult, error) {
+func (c *Client) journalEnqueued(ctx context.Context, since int64, changed bool, ps []EnqueueParams, cols *enqueueColumns, out []EnqueueResult) ([]EnqueueResult, error) {
 	if c.journal == nil {
 		return out, nil
 	}
@@ -159,9 +164,9 @@ func (c *Client) journalEnqueued(ctx context.Context, since int64, ps []EnqueueP
 	var straddled bool
 	var seqs []uint64
 	if len(keyed) > 0 {
-		straddled, seqs = c.journal.add(since, keyed...)
+		straddled, seqs = c.journal.add(since, changed, keyed...)
 	} else {
-		straddled = c.journal.epochNow() != since
+		straddled = changed || c.journal.epochNow() != since
 	}
 	if !straddled {
 		return out, nil
@@ -170,14 +175,14 @@ func (c *Client) journalEnqueued(ctx context.Context, since int64, ps []EnqueueP
 		return nil, &OutcomeUnknownError{Op: "enqueue", Err: errStraddled}
 	}
 	for {
-		epoch := c.journal.epochNow()
+		epoch, changed := c.journal.epochNow(), c.writerChanged()
 		res, err := c.enqueueMany(ctx, keyed, false)
 		if err != nil {
 			c.log.Warn("could not assert an enqueue that straddled a writer change; the journal keeps it",
 				zap.Int("batches", len(keyed)), zap.Error(err))
 			return nil, &OutcomeUnknownError{Op: "enqueue", Err: fmt.Errorf("%w; asserting it on the new writer failed: %w", errStraddled, err)}
 		}
-		if !c.journal.settle(seqs, epoch) {
+		if closed(changed) || !c.journal.settle(seqs, epoch) {
 			continue // the writer changed again meanwhile
 		}
 		restored := 0
@@ -230,7 +235,62 @@ func (c *Client) EnqueueManyTx(ctx context.Context, tx pgx.Tx, ps []EnqueueParam
 	if err != nil || len(ps) == 0 {
 		return nil, err
 	}
+	if perm := cols.lockOrder(); perm != nil {
+		return inLockOrder(ps, perm, func(sorted []EnqueueParams) ([]EnqueueResult, error) {
+			return c.EnqueueManyTx(ctx, tx, sorted)
+		})
+	}
 	return c.enqueue(ctx, tx, ps, cols)
+}
+
+// lockOrder returns, for a keyed enqueue that takes more than one
+// statement, the order of its rows by (queue, key), or nil when they are in
+// that order already or fit one statement (which sorts its keys itself).
+// Keys stay locked until the transaction ends, so statements that lock
+// them in input order would deadlock with a producer that sends
+// overlapping keys in another order.
+func (c *enqueueColumns) lockOrder() []int {
+	n := len(c.queue)
+	if !c.keyed || n <= MaxEnqueueBatchRows {
+		return nil
+	}
+	less := func(a, b int) int {
+		if r := strings.Compare(c.queue[a], c.queue[b]); r != 0 {
+			return r
+		}
+		return strings.Compare(c.key[a], c.key[b])
+	}
+	sorted := true
+	for i := 1; i < n && sorted; i++ {
+		sorted = less(i-1, i) <= 0
+	}
+	if sorted {
+		return nil
+	}
+	perm := make([]int, n)
+	for i := range perm {
+		perm[i] = i
+	}
+	slices.SortStableFunc(perm, less)
+	return perm
+}
+
+// inLockOrder runs enqueue on ps reordered by perm and returns its results
+// in the order of ps.
+func inLockOrder(ps []EnqueueParams, perm []int, enqueue func([]EnqueueParams) ([]EnqueueResult, error)) ([]EnqueueResult, error) {
+	sorted := make([]EnqueueParams, len(ps))
+	for i, k := range perm {
+		sorted[i] = ps[k]
+	}
+	res, err := enqueue(sorted)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]EnqueueResult, len(ps))
+	for i, k := range perm {
+		out[k] = res[i]
+	}
+	return out, nil
 }
 
 // enqueueColumns holds EnqueueParams as one array per column. Arrays that

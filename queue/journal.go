@@ -78,17 +78,19 @@ func (j *journal[T]) epochNow() int64 {
 }
 
 // add journals items acknowledged by an operation that started in epoch
-// since. It reports whether a writer change happened in between, in which
-// case the items are pending (to be asserted on the current writer), and
-// returns the entries' sequence numbers for settle.
-func (j *journal[T]) add(since int64, items ...T) (straddled bool, seqs []uint64) {
+// since. It reports whether a writer change happened in between — the
+// epoch moved on, or the operation saw the change itself (changed) before
+// the watcher advanced the epoch — in which case the items are pending (to
+// be asserted on the current writer), and returns the entries' sequence
+// numbers for settle.
+func (j *journal[T]) add(since int64, changed bool, items ...T) (straddled bool, seqs []uint64) {
 	if j == nil || len(items) == 0 {
 		return false, nil
 	}
 	now := time.Now()
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	straddled = j.epoch != since
+	straddled = changed || j.epoch != since
 	j.trim(now)
 	if straddled {
 		seqs = make([]uint64, 0, len(items))
@@ -310,6 +312,19 @@ func (j *journal[T]) flush(ctx context.Context, assert func(ctx context.Context,
 	}
 	_, pending := j.counts()
 	return pending
+}
+
+// closed reports whether ch is closed (false for nil).
+func closed(ch <-chan struct{}) bool {
+	if ch == nil {
+		return false
+	}
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // watchWriter calls f after every writer change until stop is closed. It

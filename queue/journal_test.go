@@ -29,7 +29,7 @@ func backdate(j *journal[int], d time.Duration) {
 
 func TestJournalWindowIsMeasuredFromTheLastAcknowledgement(t *testing.T) {
 	j := newJournal[int](time.Second)
-	j.add(0, 1, 2, 3)
+	j.add(0, false, 1, 2, 3)
 	// Detection comes long after the last acknowledgement (a slow endpoint
 	// move): nothing was acknowledged meanwhile, so all three are at risk.
 	backdate(j, time.Minute)
@@ -39,9 +39,9 @@ func TestJournalWindowIsMeasuredFromTheLastAcknowledgement(t *testing.T) {
 
 func TestJournalAdvanceKeepsOnlyTheWindowBeforeTheNewest(t *testing.T) {
 	j := newJournal[int](time.Second)
-	j.add(0, 1, 2)
+	j.add(0, false, 1, 2)
 	backdate(j, 5*time.Second) // 1 and 2 were acknowledged 5 s before 3
-	j.add(0, 3)
+	j.add(0, false, 3)
 	j.advance()
 	require.Equal(t, []int{3}, pendingItems(j))
 	n, pending := j.counts()
@@ -53,7 +53,7 @@ func TestJournalStraddleIsPendingAtOnce(t *testing.T) {
 	j := newJournal[int](time.Second)
 	since := j.epochNow()
 	j.advance() // a writer change while the operation ran
-	straddled, seqs := j.add(since, 7, 8)
+	straddled, seqs := j.add(since, false, 7, 8)
 	require.True(t, straddled)
 	require.Len(t, seqs, 2)
 	require.Equal(t, []int{7, 8}, pendingItems(j))
@@ -62,18 +62,22 @@ func TestJournalStraddleIsPendingAtOnce(t *testing.T) {
 	default:
 		t.Fatal("a straddling add must wake the asserter")
 	}
-	straddled, _ = j.add(j.epochNow(), 9)
+	straddled, _ = j.add(j.epochNow(), false, 9)
 	require.False(t, straddled)
 	require.Equal(t, []int{7, 8}, pendingItems(j))
+	// A change the operation saw before the watcher advanced the epoch.
+	straddled, _ = j.add(j.epochNow(), true, 10)
+	require.True(t, straddled)
+	require.Equal(t, []int{7, 8, 10}, pendingItems(j))
 }
 
 func TestJournalPendingIsNeverTrimmedOrBounded(t *testing.T) {
 	j := newJournal[int](time.Millisecond)
 	j.max = 2
-	j.add(0, 1, 2)
+	j.add(0, false, 1, 2)
 	j.advance()
 	backdate(j, time.Hour)
-	j.add(j.epochNow(), 3, 4, 5) // trims and bounds settled entries only
+	j.add(j.epochNow(), false, 3, 4, 5) // trims and bounds settled entries only
 	require.Equal(t, []int{1, 2}, pendingItems(j))
 	n, pending := j.counts()
 	require.Equal(t, 2, pending)
@@ -82,7 +86,7 @@ func TestJournalPendingIsNeverTrimmedOrBounded(t *testing.T) {
 
 func TestJournalSettleNeedsTheSameEpoch(t *testing.T) {
 	j := newJournal[int](time.Second)
-	j.add(0, 1, 2)
+	j.add(0, false, 1, 2)
 	j.advance()
 	backdate(j, time.Hour) // acknowledged long ago, then asserted below
 	items, seqs, epoch := j.takePending(10)
@@ -99,14 +103,14 @@ func TestJournalSettleNeedsTheSameEpoch(t *testing.T) {
 
 	// Asserted entries count as fresh acknowledgements on the writer that
 	// took them: if that writer is replaced too, they are at risk again.
-	j.add(j.epochNow(), 3)
+	j.add(j.epochNow(), false, 3)
 	j.advance()
 	require.ElementsMatch(t, []int{1, 2, 3}, pendingItems(j))
 }
 
 func TestJournalAssertLoopRetriesUntilItSucceeds(t *testing.T) {
 	j := newJournal[int](time.Second)
-	j.add(0, 1, 2, 3)
+	j.add(0, false, 1, 2, 3)
 	var calls atomic.Int32
 	var mu sync.Mutex
 	var got []int
@@ -145,7 +149,7 @@ func TestJournalAssertLoopRetriesUntilItSucceeds(t *testing.T) {
 
 func TestJournalFlushReportsWhatStaysPending(t *testing.T) {
 	j := newJournal[int](time.Second)
-	j.add(0, 1, 2)
+	j.add(0, false, 1, 2)
 	j.advance()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()

@@ -580,7 +580,7 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 		b.Queue(sql.release, ids, tokens)
 	}
 	token := newToken()
-	epoch := r.completedJournal.epochNow()
+	epoch, changed := r.completedJournal.epochNow(), r.writerChanged()
 	if n > 0 {
 		b.Queue(sql.claim, r.cfg.Queue, n, token, r.cfg.Owner, r.cfg.LeaseDuration.Microseconds())
 	}
@@ -664,7 +664,7 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 			}
 		}
 	}
-	r.settle(epoch, completes, completed, failJobs, failRes, releases, released)
+	r.settle(epoch, closed(changed), completes, completed, failJobs, failRes, releases, released)
 	return claimed, sent, retry, nil
 }
 
@@ -679,7 +679,7 @@ func refsOf(jobs []*job) []Ref {
 // settle records acknowledged outcomes and forgets their jobs. Completions
 // are journaled; if the writer changed while they were under way (epoch is
 // when the round trip started), the journal asserts them on the new writer.
-func (r *Runner) settle(epoch int64, completes []*job, completed map[int64]bool, fails []*job, failRes map[int64]bool, releases []*job, released map[int64]bool) {
+func (r *Runner) settle(epoch int64, changed bool, completes []*job, completed map[int64]bool, fails []*job, failRes map[int64]bool, releases []*job, released map[int64]bool) {
 	lost := 0
 	var journaled []Completion
 	for _, j := range completes {
@@ -713,7 +713,7 @@ func (r *Runner) settle(epoch int64, completes []*job, completed map[int64]bool,
 		}
 	}
 	r.stats.leaseLost.Add(int64(lost))
-	r.completedJournal.add(epoch, journaled...)
+	r.completedJournal.add(epoch, changed, journaled...)
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -887,6 +887,15 @@ func (r *Runner) heartbeatLoop(ctx context.Context) {
 		}
 		r.log.Debug("leases renewed", zap.Int("batches", len(refs)-len(lost)))
 	}
+}
+
+// writerChanged returns the channel closed at the next writer change, or
+// nil without a completion journal.
+func (r *Runner) writerChanged() <-chan struct{} {
+	if r.completedJournal == nil {
+		return nil
+	}
+	return r.c.db.(WriterWatcher).WriterChanged()
 }
 
 // assertCompletions asserts journaled completions on the current writer.
