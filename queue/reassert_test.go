@@ -356,4 +356,3 @@ func TestKeylessOutcomeUnknownOnlyWhenSent(t *testing.T) {
 	_, err = slowClient.Enqueue(short, queue.EnqueueParams{Queue: "ou", Meta: meta(0)})
 	require.ErrorIs(t, err, queue.ErrOutcomeUnknown)
 }
-
