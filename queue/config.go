@@ -20,7 +20,7 @@ const (
 	DoneRetentionDefault = 24 * time.Hour
 	KeyRetentionDefault  = 7 * 24 * time.Hour
 	RetryWindowDefault   = 30 * time.Second
-	JournalWindowDefault = 10 * time.Second
+	JournalWindowDefault = 30 * time.Second
 	MaxAttemptsLimit     = 1000
 	MaxEnqueueBatchRows  = 5000 // rows per statement of the bulk path; larger calls are split inside one transaction
 )
@@ -73,12 +73,21 @@ type Config struct {
 	// to RetryWindowDefault.
 	RetryWindow time.Duration
 
-	// JournalWindow is how long the client remembers its acknowledged keyed
-	// enqueues, and runners their acknowledged completions, to assert them
-	// again on a new writer after a failover: with asynchronous replication
-	// a promoted replica can miss the last commits of the old writer. It
-	// needs a DB that reports writer changes (the failover package's Pool).
-	// Negative disables it. Defaults to JournalWindowDefault.
+	// JournalWindow is how far back, from the last acknowledgement a writer
+	// gave, the client re-asserts its acknowledged keyed enqueues, and
+	// runners their acknowledged completions, on the next writer after a
+	// failover: with asynchronous replication a promoted replica can miss the
+	// last commits of the old writer. The window is measured from the newest
+	// acknowledgement, not from when the change is detected, so slow
+	// detection (an endpoint that moves 60 s later) loses nothing; it must
+	// cover the replication lag at the moment of failure plus any time the
+	// old writer kept acknowledging writes after the replica was promoted
+	// (a split brain that the endpoint still routes to). What a change
+	// leaves to re-assert is retried until it succeeds or the client closes
+	// (see JournalStats, Client.Close). Re-asserting what the new writer
+	// already has adds nothing. It needs a DB that reports writer changes
+	// (the failover package's Pool). Negative disables it. Defaults to
+	// JournalWindowDefault.
 	JournalWindow time.Duration
 
 	// DisableNotify stops enqueues from sending NOTIFY wake-ups; runners then

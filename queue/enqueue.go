@@ -65,6 +65,22 @@ type EnqueueResult struct {
 // for invalid params. When the key is a duplicate the result says so and
 // nothing is written. Enqueue is idempotent when it has a key, so it can be
 // retried safely after an error whose outcome is unknown.
+//
+// What a nil error means after a failover depends on the key. On a DB that
+// follows the writer (the failover package's Pool), a keyed batch is on
+// the current writer, or — when a later failover to a replica that missed
+// the commit happens — in the client's journal, which asserts it on the
+// next writer (Config.JournalWindow); an enqueue that straddled a writer
+// change is confirmed on the new writer before Enqueue returns, or it
+// returns ErrOutcomeUnknown. A batch without a key has no such protection:
+// if the writer that acknowledged it is replaced by a replica that had not
+// received the commit yet, it is lost, and nothing can tell. Errors for
+// keyless batches say ErrOutcomeUnknown only when the statement may have
+// reached the server (the connection broke, or ctx ended, after it was
+// sent, or the call straddled a writer change); errors that prove nothing
+// was committed (no connection, no writer, a server error) are returned as
+// they are, after retries within Config.RetryWindow for those that a
+// failover explains.
 func (c *Client) Enqueue(ctx context.Context, p EnqueueParams) (EnqueueResult, error) {
 	res, err := c.EnqueueMany(ctx, []EnqueueParams{p})
 	if err != nil {
