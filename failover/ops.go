@@ -19,37 +19,51 @@ import (
 // the next generation when its checkout raced with a retirement, before
 // anything was sent.
 func (p *Pool) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	g, conn, err := p.acquire(ctx)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	defer conn.Release()
+	tag, err := conn.Exec(ctx, sql, args...)
+	p.observe(ctx, g, err)
+	return tag, err
+}
+
+// acquire checks a connection out of the serving generation. A checkout
+// that fails because its generation was retired meanwhile (fenced, pool
+// closed, or a connect cancelled by the close) sent nothing, so it moves
+// on to the next generation.
+func (p *Pool) acquire(ctx context.Context) (*generation, *pgxpool.Conn, error) {
 	for {
 		g, err := p.serving(ctx)
 		if err != nil {
-			return pgconn.CommandTag{}, err
+			return nil, nil, err
 		}
-		tag, err := g.pool.Exec(ctx, sql, args...)
-		if raced(err) {
-			continue // raced with retirement before anything was sent
+		conn, err := g.pool.Acquire(ctx)
+		if err == nil {
+			return g, conn, nil
+		}
+		if raced(err) || g.retired.Load() && ctx.Err() == nil {
+			continue
 		}
 		p.observe(ctx, g, err)
-		return tag, err
+		return g, nil, err
 	}
 }
 
 // Query runs sql on a connection to the verified writer; see Exec.
 func (p *Pool) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	for {
-		g, err := p.serving(ctx)
-		if err != nil {
-			return nil, err
-		}
-		rows, err := g.pool.Query(ctx, sql, args...)
-		if err != nil {
-			if raced(err) {
-				continue
-			}
-			p.observe(ctx, g, err)
-			return nil, err
-		}
-		return &observedRows{Rows: rows, p: p, g: g, ctx: ctx}, nil
+	g, conn, err := p.acquire(ctx)
+	if err != nil {
+		return nil, err
 	}
+	rows, err := conn.Query(ctx, sql, args...)
+	if err != nil {
+		conn.Release()
+		p.observe(ctx, g, err)
+		return nil, err
+	}
+	return &observedRows{Rows: rows, p: p, g: g, ctx: ctx, conn: conn}, nil
 }
 
 // QueryRow runs sql on a connection to the verified writer; see Exec.
@@ -65,29 +79,19 @@ func (p *Pool) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 // The connection goes back to the pool on Close, or, for a batch that
 // begins a transaction (pgx.Batch.BeginTx), when that transaction ends.
 func (p *Pool) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	for {
-		g, err := p.serving(ctx)
-		if err != nil {
-			return pgx.FailedBatchResults(b, err)
-		}
-		conn, err := g.pool.Acquire(ctx)
-		if err != nil {
-			if raced(err) {
-				continue // nothing was sent
-			}
-			p.observe(ctx, g, err)
-			return pgx.FailedBatchResults(b, err)
-		}
-		br := conn.SendBatch(ctx, b)
-		ob := &observedBatch{BatchResults: br, p: p, g: g, ctx: ctx}
-		if tx := br.Tx(); tx != nil {
-			// The transaction owns the connection, as in pgxpool.
-			ob.tx = &observedTx{Tx: &releasingTx{Tx: tx, conn: conn}, p: p, g: g}
-		} else {
-			ob.conn = conn
-		}
-		return ob
+	g, conn, err := p.acquire(ctx)
+	if err != nil {
+		return pgx.FailedBatchResults(b, err)
 	}
+	br := conn.SendBatch(ctx, b)
+	ob := &observedBatch{BatchResults: br, p: p, g: g, ctx: ctx}
+	if tx := br.Tx(); tx != nil {
+		// The transaction owns the connection, as in pgxpool.
+		ob.tx = &observedTx{Tx: &releasingTx{Tx: tx, conn: conn}, p: p, g: g}
+	} else {
+		ob.conn = conn
+	}
+	return ob
 }
 
 // Begin starts a transaction on a connection to the verified writer; see
@@ -100,37 +104,29 @@ func (p *Pool) Begin(ctx context.Context) (pgx.Tx, error) {
 
 // BeginTx starts a transaction with options; see Begin.
 func (p *Pool) BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error) {
-	for {
-		g, err := p.serving(ctx)
-		if err != nil {
-			return nil, err
-		}
-		tx, err := g.pool.BeginTx(ctx, opts)
-		if err != nil {
-			if raced(err) {
-				continue
-			}
-			p.observe(ctx, g, err)
-			return nil, err
-		}
-		return &observedTx{Tx: tx, p: p, g: g}, nil
+	g, conn, err := p.acquire(ctx)
+	if err != nil {
+		return nil, err
 	}
+	tx, err := conn.BeginTx(ctx, opts)
+	if err != nil {
+		conn.Release()
+		p.observe(ctx, g, err)
+		return nil, err
+	}
+	return &observedTx{Tx: &releasingTx{Tx: tx, conn: conn}, p: p, g: g}, nil
 }
 
 // Ping checks that a connection to the verified writer answers.
 func (p *Pool) Ping(ctx context.Context) error {
-	for {
-		g, err := p.serving(ctx)
-		if err != nil {
-			return err
-		}
-		err = g.pool.Ping(ctx)
-		if raced(err) {
-			continue
-		}
-		p.observe(ctx, g, err)
+	g, conn, err := p.acquire(ctx)
+	if err != nil {
 		return err
 	}
+	defer conn.Release()
+	err = conn.Ping(ctx)
+	p.observe(ctx, g, err)
+	return err
 }
 
 // Stat returns the serving generation's pgxpool statistics, or nil while
@@ -181,13 +177,28 @@ func (p *Pool) ConnectListener(ctx context.Context) (*pgx.Conn, error) {
 
 type observedRows struct {
 	pgx.Rows
-	p   *Pool
-	g   *generation
-	ctx context.Context
+	p    *Pool
+	g    *generation
+	ctx  context.Context
+	conn *pgxpool.Conn // released when the rows close, if the rows own it
+}
+
+// Next also closes the rows (giving the connection back) after the last
+// row, as pgxpool's own rows do.
+func (r *observedRows) Next() bool {
+	if r.Rows.Next() {
+		return true
+	}
+	r.Close()
+	return false
 }
 
 func (r *observedRows) Close() {
 	r.Rows.Close()
+	if r.conn != nil {
+		r.conn.Release()
+		r.conn = nil
+	}
 	r.p.observe(r.ctx, r.g, r.Rows.Err())
 }
 
@@ -380,16 +391,12 @@ func (t *observedTx) Rollback(ctx context.Context) error {
 // CopyFrom copies rows into a table on a connection to the verified
 // writer (one COPY statement: all rows or none); see Exec.
 func (p *Pool) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, rows pgx.CopyFromSource) (int64, error) {
-	for {
-		g, err := p.serving(ctx)
-		if err != nil {
-			return 0, err
-		}
-		n, err := g.pool.CopyFrom(ctx, table, columns, rows)
-		if raced(err) {
-			continue // nothing was sent: the rows source was not read
-		}
-		p.observe(ctx, g, err)
-		return n, err
+	g, conn, err := p.acquire(ctx)
+	if err != nil {
+		return 0, err // nothing was sent: the rows source was not read
 	}
+	defer conn.Release()
+	n, err := conn.CopyFrom(ctx, table, columns, rows)
+	p.observe(ctx, g, err)
+	return n, err
 }

@@ -30,6 +30,7 @@ func TestPoolConfig(t *testing.T) {
 	var nw *failover.NoWriterError
 	require.ErrorAs(t, err, &nw)
 	require.NotContains(t, err.Error(), "password")
+	require.GreaterOrEqual(t, nw.Waited, 400*time.Millisecond, "Waited must be the time spent")
 }
 
 // TestPoolFollowsWriter: the writer is demoted (sessions fail with 25006)
