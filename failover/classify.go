@@ -23,8 +23,13 @@ const (
 	// ...) that says nothing about the server's role.
 	ClassOther
 	// ClassReadOnly: the server refused a write because it is read-only or
-	// a standby (SQLSTATE 25006, "... during recovery"). The connection is
-	// to a stale writer.
+	// a standby: SQLSTATE 25006 (read_only_sql_transaction, which is also
+	// what "cannot execute X during recovery" carries), and the few
+	// messages PostgreSQL sends under other codes only during recovery
+	// (55000 "recovery is in progress" from WAL control functions, 0A000
+	// "cannot set transaction read-write mode during recovery", XX000
+	// "cannot assign TransactionIds during recovery" and "cannot make new
+	// WAL entries during recovery"). The connection is to a stale writer.
 	ClassReadOnly
 	// ClassStaleWriter: the connection verifiably reaches a server that is
 	// not the current writer (its identity or role no longer matches).
@@ -40,9 +45,13 @@ const (
 	ClassTimeout
 	// ClassNoWriter: no verified writer was reachable in time.
 	ClassNoWriter
+	// ClassConflict: the transaction lost a serialization conflict or a
+	// deadlock (40001, 40P01) and was rolled back. It says nothing about
+	// the server's role.
+	ClassConflict
 )
 
-var classNames = [...]string{"none", "other", "read_only", "stale_writer", "shutdown", "connection", "timeout", "no_writer"}
+var classNames = [...]string{"none", "other", "read_only", "stale_writer", "shutdown", "connection", "timeout", "no_writer", "conflict"}
 
 // String returns the class name used in logs, e.g. "read_only".
 func (c Class) String() string {
@@ -67,7 +76,33 @@ func (c Class) Transient() bool {
 	return false
 }
 
-// Classify maps an error to a Class.
+// Retryable reports whether the class means the operation did not take
+// effect — the statement was refused or rolled back, or nothing was sent —
+// so repeating it is safe for any operation, idempotent or not:
+// ClassConflict, ClassReadOnly, ClassStaleWriter (a connection the pool
+// refused, or a commit it rolled back on a retired generation) and
+// ClassNoWriter. Connection errors and timeouts are not retryable this
+// way: a commit may have happened before the connection broke.
+func (c Class) Retryable() bool {
+	switch c {
+	case ClassConflict, ClassReadOnly, ClassStaleWriter, ClassNoWriter:
+		return true
+	}
+	return false
+}
+
+// recoveryOnly lists the messages PostgreSQL (15) raises under SQLSTATEs
+// other than 25006 only while a server is in recovery. Text is looked at
+// under these codes only, so a user's error that happens to mention
+// recovery is not mistaken for a demoted server.
+var recoveryOnly = map[string][]string{
+	"55000": {"recovery is in progress"},                                // WAL control functions (xlogfuncs.c)
+	"0A000": {"cannot set transaction read-write mode during recovery"}, // SET TRANSACTION READ WRITE on a standby
+	"XX000": {"cannot assign TransactionIds during recovery", "cannot make new WAL entries during recovery"},
+}
+
+// Classify maps an error to a Class. A *pgconn.PgError is classified by
+// its SQLSTATE; its message matters only under the codes of recoveryOnly.
 func Classify(err error) Class {
 	if err == nil {
 		return ClassNone
@@ -82,15 +117,20 @@ func Classify(err error) Class {
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
-		switch {
-		case pgErr.Code == "25006":
+		switch code := pgErr.Code; {
+		case code == "25006":
 			return ClassReadOnly
-		case pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03":
+		case code == "57P01", code == "57P02", code == "57P03":
 			return ClassShutdown
-		case strings.HasPrefix(pgErr.Code, "08"):
+		case strings.HasPrefix(code, "08"):
 			return ClassConnection
-		case strings.Contains(pgErr.Message, "during recovery"), strings.Contains(pgErr.Message, "recovery is in progress"):
-			return ClassReadOnly
+		case code == "40001", code == "40P01":
+			return ClassConflict
+		}
+		for _, msg := range recoveryOnly[pgErr.Code] {
+			if strings.HasPrefix(pgErr.Message, msg) {
+				return ClassReadOnly
+			}
 		}
 		return ClassOther
 	}

@@ -24,14 +24,26 @@ func TestClassify(t *testing.T) {
 		{nil, failover.ClassNone},
 		{pg("25006", "cannot execute UPDATE in a read-only transaction"), failover.ClassReadOnly},
 		{fmt.Errorf("claim: %w", pg("25006", "cannot execute LISTEN during recovery")), failover.ClassReadOnly},
-		{pg("55000", "recovery is in progress"), failover.ClassReadOnly},
 		{pg("57P01", "terminating connection due to administrator command"), failover.ClassShutdown},
 		{pg("57P02", "crash"), failover.ClassShutdown},
 		{pg("57P03", "the database system is starting up"), failover.ClassShutdown},
 		{pg("08006", "connection failure"), failover.ClassConnection},
 		{pg("08P01", "protocol violation"), failover.ClassConnection},
 		{pg("23505", "duplicate key"), failover.ClassOther},
-		{pg("40001", "serialization failure"), failover.ClassOther},
+		{pg("55000", "recovery is in progress"), failover.ClassReadOnly},
+		{pg("0A000", "cannot set transaction read-write mode during recovery"), failover.ClassReadOnly},
+		{pg("XX000", "cannot assign TransactionIds during recovery"), failover.ClassReadOnly},
+		{pg("25006", "cannot execute nextval() in a read-only transaction"), failover.ClassReadOnly},
+		// Text about recovery under other SQLSTATEs is the user's, not the
+		// server's role.
+		{pg("P0001", "invoice failed during recovery"), failover.ClassOther},
+		{pg("P0001", "recovery is in progress"), failover.ClassOther},
+		{pg("42P01", `relation "during recovery" does not exist`), failover.ClassOther},
+		{pg("23505", "duplicate key value violates unique constraint \"recovery is in progress\""), failover.ClassOther},
+		{pg("55000", "object not in prerequisite state during recovery of invoices"), failover.ClassOther},
+		{pg("40001", "could not serialize access due to concurrent update"), failover.ClassConflict},
+		{pg("40P01", "deadlock detected"), failover.ClassConflict},
+		{fmt.Errorf("enqueue: %w", pg("40001", "x")), failover.ClassConflict},
 		{io.EOF, failover.ClassConnection},
 		{io.ErrUnexpectedEOF, failover.ClassConnection},
 		{syscall.ECONNRESET, failover.ClassConnection},
@@ -56,6 +68,29 @@ func TestClassify(t *testing.T) {
 	}
 	require.False(t, failover.ClassOther.Transient())
 	require.False(t, failover.ClassNone.Transient())
+	require.False(t, failover.ClassConflict.Transient(), "a conflict is not a failover")
+	require.False(t, failover.ClassConflict.StaleWriter())
+	require.Equal(t, "conflict", failover.ClassConflict.String())
+}
+
+func TestClassRetryable(t *testing.T) {
+	tests := []struct {
+		c    failover.Class
+		want bool
+	}{
+		{failover.ClassNone, false},
+		{failover.ClassOther, false},
+		{failover.ClassReadOnly, true},
+		{failover.ClassStaleWriter, true},
+		{failover.ClassShutdown, false},
+		{failover.ClassConnection, false}, // a commit may have happened
+		{failover.ClassTimeout, false},
+		{failover.ClassNoWriter, true},
+		{failover.ClassConflict, true},
+	}
+	for _, tt := range tests {
+		require.Equal(t, tt.want, tt.c.Retryable(), tt.c.String())
+	}
 }
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }

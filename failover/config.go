@@ -16,7 +16,7 @@ const (
 	ConnectTimeoutDefault = 2 * time.Second
 	DrainTimeoutDefault   = 5 * time.Second
 	WriterWaitDefault     = 5 * time.Second
-	RebuildBackoffDefault = 500 * time.Millisecond
+	RebuildBackoffDefault = 100 * time.Millisecond
 	KeepAliveDefault      = 5 * time.Second
 )
 
@@ -26,10 +26,15 @@ type OnEventFunc func(Event)
 
 // Config configures a Pool.
 type Config struct {
-	// PoolConfig is the pgx pool configuration, from pgxpool.ParseConfig.
-	// Required. It is copied for every generation of the pool; its hooks
-	// (BeforeConnect, AfterConnect, ...) still run, before the pool's own
-	// role check.
+	// PoolConfig is the pgx pool configuration, from pgxpool.ParseConfig
+	// (a zero pgxpool.Config has no ConnConfig and is refused). Required.
+	// It is copied for every generation of the pool; its hooks still run,
+	// before the pool's own role check. BeforeConnect (for example one
+	// that sets an RDS IAM token or a rotated password) runs before every
+	// connection the Pool opens: pooled ones, probes and ConnectListener's.
+	// AfterConnect runs on pooled connections and on ConnectListener's,
+	// not on probes (which only ask the server's role and close).
+	// PrepareConn/BeforeAcquire run on checkouts as usual.
 	PoolConfig *pgxpool.Config
 
 	// Logger receives the pool's logs, named "failover". Defaults to
@@ -41,8 +46,11 @@ type Config struct {
 
 	// ProbeInterval is how often a fresh connection to the endpoint checks
 	// who the writer is. It bounds how long writes can go to an old writer
-	// that still accepts them (split brain). Defaults to
-	// ProbeIntervalDefault.
+	// that still accepts them (split brain). Operations that fail with a
+	// connection error, a shutdown or an i/o timeout also ask for a probe
+	// at once, but such kicked probes are at most one per ProbeInterval/4
+	// (at least 50ms apart); an operation's own context ending asks for
+	// none. Defaults to ProbeIntervalDefault.
 	ProbeInterval time.Duration
 
 	// ProbeTimeout bounds one probe: connect plus role check. Defaults to
@@ -67,8 +75,12 @@ type Config struct {
 	// caller's context may end it sooner). Defaults to WriterWaitDefault.
 	WriterWait time.Duration
 
-	// RebuildBackoff caps the delay between attempts to reach a writer
-	// while rebuilding (attempts start at a tenth of it and double).
+	// RebuildBackoff caps the delay between probes while rebuilding: the
+	// first probe goes out at once, the next ones after a tenth of it,
+	// doubling up to RebuildBackoff (jitter never exceeds it). So a writer
+	// that becomes reachable is used within about RebuildBackoff plus one
+	// probe, and a rebuild opens at most about one connection per
+	// RebuildBackoff (10 per second by default) while no writer answers.
 	// Defaults to RebuildBackoffDefault.
 	RebuildBackoff time.Duration
 }
@@ -116,6 +128,8 @@ func (c *Config) validate() error {
 	switch {
 	case c.PoolConfig == nil:
 		return bad("PoolConfig", "nil (use pgxpool.ParseConfig)")
+	case c.PoolConfig.ConnConfig == nil:
+		return bad("PoolConfig.ConnConfig", "nil (use pgxpool.ParseConfig, not a zero pgxpool.Config)")
 	case c.ProbeInterval < 10*time.Millisecond:
 		return bad("ProbeInterval", "%s is below 10ms", c.ProbeInterval)
 	case c.ProbeTimeout < 10*time.Millisecond:

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/puddle/v2"
 	"go.uber.org/zap"
 )
 
@@ -42,9 +42,15 @@ type Pool struct {
 	aurora    atomic.Int32 // whether servers have aurora_db_instance_identifier (0 unknown, 1, 2)
 	events    chan Event
 	probeKick chan struct{}
+	lastKick  atomic.Int64  // when an operation last kicked a probe (unix ns)
+	kickGap   time.Duration // the least time between two kicked probes
 	quit      chan struct{}
-	wg        sync.WaitGroup
-	drains    sync.WaitGroup
+	wg        sync.WaitGroup // probe, emit and rebuild loops
+	drains    sync.WaitGroup // drains of retired generations
+
+	// afterServing, if set (by tests), runs after an operation picked its
+	// generation and before it checks a connection out of it.
+	afterServing func(*generation)
 }
 
 // generation is one pgxpool pinned to one writer.
@@ -52,7 +58,8 @@ type generation struct {
 	n       int64
 	pool    *pgxpool.Pool
 	writer  Identity
-	retired atomic.Bool
+	retired atomic.Bool // no more checkouts: stale or the pool closed
+	stale   atomic.Bool // retired because its writer is stale: commits on it roll back
 }
 
 // New verifies that the endpoint in cfg.PoolConfig reaches a writer and
@@ -94,6 +101,7 @@ func New(ctx context.Context, cfg *Config) (*Pool, error) {
 		changed:   make(chan struct{}),
 		events:    make(chan Event, 256),
 		probeKick: make(chan struct{}, 1),
+		kickGap:   max(cfg.ProbeInterval/4, minKickGap),
 		quit:      make(chan struct{}),
 	}
 	p.wg.Add(1)
@@ -111,8 +119,9 @@ func New(ctx context.Context, cfg *Config) (*Pool, error) {
 }
 
 // Close retires the current generation, stops probing and closes every
-// connection, waiting for in-flight work. Operations after Close return
-// ErrClosed. A second Close is a no-op.
+// connection, waiting for in-flight work. Operations after Close, and those
+// waiting for a writer when it is called, return ErrClosed. A second Close
+// is a no-op.
 func (p *Pool) Close() {
 	p.mu.Lock()
 	if p.closed {
@@ -200,6 +209,8 @@ func (p *Pool) current(ctx context.Context) (*generation, error) {
 		}
 		select {
 		case <-ready:
+		case <-p.quit:
+			return nil, ErrClosed
 		case <-ctx.Done():
 			return nil, &NoWriterError{Waited: time.Since(start), Last: errors.Join(ctx.Err(), last)}
 		case <-timer.C:
@@ -208,14 +219,49 @@ func (p *Pool) current(ctx context.Context) (*generation, error) {
 	}
 }
 
-// observe looks at an error from generation g and acts on what it says.
-func (p *Pool) observe(g *generation, err error) {
+// serving returns the generation an operation runs on; see current.
+func (p *Pool) serving(ctx context.Context) (*generation, error) {
+	g, err := p.current(ctx)
+	if err == nil && p.afterServing != nil {
+		p.afterServing(g)
+	}
+	return g, err
+}
+
+// minKickGap is the least time between two probes kicked by operations'
+// errors, whatever the ProbeInterval.
+const minKickGap = 50 * time.Millisecond
+
+// observe looks at an error that an operation under ctx got from
+// generation g and acts on what it says.
+func (p *Pool) observe(ctx context.Context, g *generation, err error) {
 	switch c := Classify(err); {
 	case c.StaleWriter():
 		p.retire(g, err)
 	case c == ClassShutdown || c == ClassConnection || c == ClassTimeout:
-		wake(p.probeKick) // find out now whether the writer changed
+		if callerEnded(ctx, err) {
+			return // the caller's own deadline or cancellation says nothing about the server
+		}
+		p.kick() // find out now whether the writer changed
 	}
+}
+
+// callerEnded reports whether err is the caller's context ending rather
+// than something the connection did (an i/o timeout is not).
+func callerEnded(ctx context.Context, err error) bool {
+	return ctx != nil && ctx.Err() != nil &&
+		(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded))
+}
+
+// kick asks the probe loop for a probe now, at most once per kickGap, so a
+// burst of failing operations opens one probe connection, not one each.
+func (p *Pool) kick() {
+	now := time.Now().UnixNano()
+	last := p.lastKick.Load()
+	if now-last < int64(p.kickGap) || !p.lastKick.CompareAndSwap(last, now) {
+		return
+	}
+	wake(p.probeKick)
 }
 
 // retire takes g out of service, drains it and starts building the next
@@ -226,6 +272,7 @@ func (p *Pool) retire(g *generation, cause error) {
 		p.mu.Unlock()
 		return
 	}
+	g.stale.Store(true)
 	g.retired.Store(true)
 	p.cur = nil
 	p.ready = make(chan struct{})
@@ -233,16 +280,20 @@ func (p *Pool) retire(g *generation, cause error) {
 	p.changed = make(chan struct{})
 	startRebuild := !p.rebuilding
 	p.rebuilding = true
+	// Counted under the lock, before Close can see closed and wait, so
+	// neither the drain nor the rebuild outlives Close.
+	p.drains.Add(1)
+	if startRebuild {
+		p.wg.Add(1)
+	}
 	p.mu.Unlock()
 
 	p.log.Warn("stale writer detected; retiring generation",
 		zap.Int64("generation", g.n), zap.Stringer("writer", g.writer), zap.Error(cause),
 		zap.String("class", Classify(cause).String()))
 	p.emit(Event{Kind: EventStaleWriter, Generation: g.n, From: g.writer, Err: cause})
-	p.drains.Add(1)
 	go p.drain(g)
 	if startRebuild {
-		p.wg.Add(1)
 		go p.rebuild()
 	}
 }
@@ -294,9 +345,14 @@ func (p *Pool) rebuild() {
 	p.install(g)
 }
 
-// buildUntil probes the endpoint, with backoff, until it answers as a
-// writer, and returns a generation pinned to that writer.
+// buildUntil probes the endpoint until it answers as a writer, and returns
+// a generation pinned to that writer. The first probe goes out at once;
+// the next ones back off from RebuildBackoff/10 up to RebuildBackoff (never
+// more, jitter included), so a writer that becomes reachable is used at
+// most about RebuildBackoff later, and connection attempts stay at most
+// about one per RebuildBackoff.
 func (p *Pool) buildUntil(ctx context.Context) (*generation, error) {
+	start := time.Now()
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = p.cfg.RebuildBackoff / 10
 	bo.MaxInterval = p.cfg.RebuildBackoff
@@ -319,14 +375,14 @@ func (p *Pool) buildUntil(ctx context.Context) (*generation, error) {
 			}
 			p.setLastErr(err)
 		}
-		t := time.NewTimer(bo.NextBackOff())
+		t := time.NewTimer(min(bo.NextBackOff(), p.cfg.RebuildBackoff))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			p.mu.Lock()
 			last := p.lastErr
 			p.mu.Unlock()
-			return nil, &NoWriterError{Last: errors.Join(ctx.Err(), last)}
+			return nil, &NoWriterError{Waited: time.Since(start), Last: errors.Join(ctx.Err(), last)}
 		case <-t.C:
 		}
 	}
@@ -418,12 +474,28 @@ func (p *Pool) verify(ctx context.Context, conn *pgx.Conn, writer Identity) erro
 	return nil
 }
 
+// connConfig returns a copy of the endpoint's connection configuration for
+// a connection outside the pgxpool, with the user's BeforeConnect run on it
+// as pgxpool does for its own (it may set a fresh password or IAM token).
+func (p *Pool) connConfig(ctx context.Context) (*pgx.ConnConfig, error) {
+	cc := p.base.ConnConfig.Copy()
+	if p.base.BeforeConnect != nil {
+		if err := p.base.BeforeConnect(ctx, cc); err != nil {
+			return nil, fmt.Errorf("failover: BeforeConnect: %w", err)
+		}
+	}
+	return cc, nil
+}
+
 // probe opens a fresh connection to the endpoint (resolving its name anew)
 // and asks who it is.
 func (p *Pool) probe(ctx context.Context) (Role, Identity, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ProbeTimeout)
 	defer cancel()
-	cc := p.base.ConnConfig.Copy()
+	cc, err := p.connConfig(ctx)
+	if err != nil {
+		return Role{}, Identity{}, err
+	}
 	cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
@@ -522,5 +594,5 @@ func wake(ch chan struct{}) {
 // generation's retirement before sending anything: the checkout was fenced
 // or the pgxpool already closed.
 func raced(err error) bool {
-	return err != nil && (errors.Is(err, errRetired) || strings.Contains(err.Error(), "closed pool"))
+	return errors.Is(err, errRetired) || errors.Is(err, puddle.ErrClosedPool)
 }

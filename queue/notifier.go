@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -45,12 +46,34 @@ func listenConnect(db DB) func(ctx context.Context) (*pgx.Conn, error) {
 	case ListenConnector:
 		return d.ConnectListener
 	case interface{ Config() *pgxpool.Config }:
-		cfg := d.Config().ConnConfig
-		return func(ctx context.Context) (*pgx.Conn, error) {
-			return pgx.ConnectConfig(ctx, cfg.Copy())
-		}
+		return poolListenConnect(d.Config())
 	}
 	return nil
+}
+
+// poolListenConnect opens a connection as pgxpool would for cfg: on a copy
+// of its ConnConfig, with its BeforeConnect run first (a rotated password
+// or an IAM token) and its AfterConnect after.
+func poolListenConnect(cfg *pgxpool.Config) func(ctx context.Context) (*pgx.Conn, error) {
+	return func(ctx context.Context) (*pgx.Conn, error) {
+		cc := cfg.ConnConfig.Copy()
+		if cfg.BeforeConnect != nil {
+			if err := cfg.BeforeConnect(ctx, cc); err != nil {
+				return nil, fmt.Errorf("listen: BeforeConnect: %w", err)
+			}
+		}
+		conn, err := pgx.ConnectConfig(ctx, cc)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.AfterConnect != nil {
+			if err := cfg.AfterConnect(ctx, conn); err != nil {
+				_ = conn.Close(context.WithoutCancel(ctx))
+				return nil, fmt.Errorf("listen: AfterConnect: %w", err)
+			}
+		}
+		return conn, nil
+	}
 }
 
 // subscribe returns a channel that receives a value (coalesced) whenever
