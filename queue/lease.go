@@ -483,6 +483,7 @@ type Completion struct {
 	CreatedAt time.Time
 	Queue     string
 	Key       string // empty for a batch without an idempotency key
+	Attempt   int    // the attempt that completed it
 }
 
 // ReassertCompleted asserts completions that an earlier writer
@@ -510,20 +511,20 @@ func (c *Client) ReassertCompleted(ctx context.Context, refs []Completion) (rest
 		slices.SortFunc(sorted, func(a, b Completion) int { return cmp.Compare(a.Ref.ID, b.Ref.ID) })
 		n := len(sorted)
 		ids, tokens, created := make([]int64, n), make([]int64, n), make([]time.Time, n)
-		queues, keys := make([]string, n), make([]string, n)
+		queues, keys, attempts := make([]string, n), make([]string, n), make([]int32, n)
 		for i, r := range sorted {
 			ids[i], tokens[i], created[i] = r.Ref.ID, r.Ref.Token, r.CreatedAt
-			queues[i], keys[i] = r.Queue, r.Key
+			queues[i], keys[i], attempts[i] = r.Queue, r.Key, int32(max(r.Attempt, 1))
 		}
-		rows, err := c.db.Query(ctx, c.sql.reassertComplete, ids, tokens, created, queues, keys)
+		rows, err := c.db.Query(ctx, c.sql.reassertComplete, ids, tokens, created, queues, keys, attempts, c.sql.sequence)
 		if err != nil {
 			return fmt.Errorf("reassert %d completions: %w", len(refs), err)
 		}
-		done, err := idSet(rows)
+		recorded, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 		if err != nil {
 			return fmt.Errorf("reassert %d completions: %w", len(refs), err)
 		}
-		restored = len(done)
+		restored = len(recorded)
 		return nil
 	})
 	return restored, err

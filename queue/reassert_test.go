@@ -34,7 +34,11 @@ type writerSwitch struct {
 	ch           chan struct{}
 	down         atomic.Bool
 	afterEnqueue func()
+	failQueries  atomic.Int32 // this many next queries fail with conflictErr
 }
+
+// conflictErr is what a statement that lost a deadlock gets.
+var conflictErr = &pgconn.PgError{Severity: "ERROR", Code: "40P01", Message: "deadlock detected"}
 
 func newWriterSwitch(pool *pgxpool.Pool) *writerSwitch {
 	return &writerSwitch{Pool: pool, ch: make(chan struct{})}
@@ -65,6 +69,9 @@ func (w *writerSwitch) Exec(ctx context.Context, sql string, args ...any) (pgcon
 func (w *writerSwitch) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
 	if w.down.Load() {
 		return nil, errNoWriter
+	}
+	if w.failQueries.Add(-1) >= 0 {
+		return nil, conflictErr
 	}
 	rows, err := w.Pool.Query(ctx, sql, args...)
 	if err != nil || !strings.Contains(sql, "batch_key (queue, idempotency_key)") {
@@ -256,7 +263,7 @@ func TestReassertCompletedMatchesByKey(t *testing.T) {
 	require.Len(t, claimed, 1)
 	b := claimed[0]
 	require.NoError(t, e.client.Complete(ctx, queue.RefOf(&b)))
-	done := queue.Completion{Ref: queue.RefOf(&b), CreatedAt: b.CreatedAt, Queue: b.Queue, Key: b.IdempotencyKey}
+	done := queue.Completion{Ref: queue.RefOf(&b), CreatedAt: b.CreatedAt, Queue: b.Queue, Key: b.IdempotencyKey, Attempt: b.Attempt}
 
 	// The new writer lost the completion, the key and the batch; the
 	// enqueue was re-asserted and got another id.
@@ -271,16 +278,27 @@ func TestReassertCompletedMatchesByKey(t *testing.T) {
 	require.Equal(t, 1, n)
 	require.Zero(t, e.count("WHERE idempotency_key = $1", key))
 
-	// Lost altogether: the completion's re-assertion records the key, so
-	// the enqueue's re-assertion is a duplicate.
-	e.loseKey("bykey", key)
+	// Asserting it again changes nothing.
 	n, err = e.client.ReassertCompleted(ctx, []queue.Completion{done})
 	require.NoError(t, err)
 	require.Zero(t, n)
+
+	// Lost altogether: the completion is recorded as acknowledged, with its
+	// key, so the enqueue's re-assertion is a duplicate.
+	e.loseKey("bykey", key)
+	n, err = e.client.ReassertCompleted(ctx, []queue.Completion{done})
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
 	dup, err := e.client.Enqueue(ctx, p)
 	require.NoError(t, err)
 	require.True(t, dup.Duplicate)
 	require.Zero(t, e.count("WHERE idempotency_key = $1", key))
+	// Recorded under a new id (the old one may name another batch here),
+	// the one the key now points at.
+	ok, err := e.client.Completed(ctx, dup.ID)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NoError(t, e.client.Complete(ctx, queue.Ref{ID: dup.ID, Token: done.Ref.Token}), "a repeated Complete by the token on record succeeds")
 }
 
 // Two producers enqueueing overlapping keys in opposite orders must not
@@ -355,4 +373,22 @@ func TestKeylessOutcomeUnknownOnlyWhenSent(t *testing.T) {
 	defer cancel()
 	_, err = slowClient.Enqueue(short, queue.EnqueueParams{Queue: "ou", Meta: meta(0)})
 	require.ErrorIs(t, err, queue.ErrOutcomeUnknown)
+}
+
+// A statement that lost a deadlock or a serialization conflict was rolled
+// back: repeating it is safe for every enqueue, keyed or not.
+func TestEnqueueRetriesConflicts(t *testing.T) {
+	e := newEnv(t, nil)
+	sw := newWriterSwitch(e.pool)
+	client := newClient(t, sw, e.schema, nil)
+	ctx := testContext(t)
+	sw.failQueries.Store(2)
+	res, err := client.Enqueue(ctx, queue.EnqueueParams{Queue: "conflict", Meta: meta(0)})
+	require.NoError(t, err)
+	require.Equal(t, 1, e.count("WHERE id = $1", res.ID))
+	sw.failQueries.Store(1)
+	res, err = client.Enqueue(ctx, keyedParams("conflict", 0))
+	require.NoError(t, err)
+	require.Equal(t, 1, e.count("WHERE id = $1", res.ID))
+	require.Equal(t, 2, e.count("WHERE queue = 'conflict'"))
 }

@@ -40,16 +40,21 @@ func (e *OutcomeUnknownError) Unwrap() error { return e.Err }
 // Is reports whether target is ErrOutcomeUnknown.
 func (e *OutcomeUnknownError) Is(target error) bool { return target == ErrOutcomeUnknown }
 
-// transient reports whether err says the database may be failing over, so
-// that a safe operation is worth repeating.
-func transient(err error) bool { return failover.Classify(err).Transient() }
+// worthRepeating reports whether a repeat of an operation that failed with
+// err, and is safe to repeat, may succeed: the database may be failing
+// over, or the statement lost a deadlock or a serialization conflict (and
+// was rolled back).
+func worthRepeating(err error) bool {
+	c := failover.Classify(err)
+	return c.Transient() || c == failover.ClassConflict
+}
 
 // failedForSure reports whether err proves that the operation committed
 // nothing: it failed before anything was sent (no connection, no writer,
 // a context that was already done), or the server answered with an error,
 // which aborts the statement and its transaction.
 func failedForSure(err error) bool {
-	if pgconn.SafeToRetry(err) {
+	if pgconn.SafeToRetry(err) || failover.Classify(err).Retryable() {
 		return true
 	}
 	var connErr *pgconn.ConnectError
@@ -79,7 +84,7 @@ func (c *Client) retry(ctx context.Context, op string, idempotent bool, fn func(
 		if !idempotent && !failedForSure(err) {
 			return &OutcomeUnknownError{Op: op, Err: err}
 		}
-		if !transient(err) || ctx.Err() != nil {
+		if !worthRepeating(err) || ctx.Err() != nil {
 			return err
 		}
 		if bo == nil {

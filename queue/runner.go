@@ -685,7 +685,7 @@ func (r *Runner) settle(epoch int64, changed bool, completes []*job, completed m
 	for _, j := range completes {
 		if completed[j.ref.ID] {
 			r.stats.completed.Add(1)
-			journaled = append(journaled, Completion{Ref: j.ref, CreatedAt: j.b.CreatedAt, Queue: j.b.Queue, Key: j.b.IdempotencyKey})
+			journaled = append(journaled, Completion{Ref: j.ref, CreatedAt: j.b.CreatedAt, Queue: j.b.Queue, Key: j.b.IdempotencyKey, Attempt: j.b.Attempt})
 		} else {
 			lost++
 			r.log.Warn("completion refused: lease lost", zap.Int64("batch", j.ref.ID))

@@ -171,17 +171,22 @@ SELECT id FROM rec`
 	// (after lost commits the new writer may hand the same id to another
 	// batch), or by queue and idempotency key through batch_key (a
 	// re-asserted enqueue gets a new id), and finished whatever its state,
-	// recording the completion under the token that was acknowledged. Keys
-	// are recorded in batch_key (when missing) so that a later re-assertion
-	// of the enqueue is a duplicate. Keys are locked in (queue, key) order.
+	// recording the completion under the token that was acknowledged. A
+	// completion whose batch the new writer lacks altogether is recorded as
+	// it was acknowledged, under a new id from the batch sequence ($7: the
+	// old id may name another batch on this writer), and its key (when
+	// missing) too, so that a later re-assertion of the enqueue is a
+	// duplicate. A batch with a completion
+	// on record (by any token: a second run's) is left alone. Returns one row
+	// per completion recorded.
 	sqlReassertComplete = `WITH c AS (
-    SELECT * FROM unnest($1::int8[], $2::int8[], $3::timestamptz[], $4::text[], $5::text[])
-        AS c(id, token, created_at, queue, ikey)
+    SELECT * FROM unnest($1::int8[], $2::int8[], $3::timestamptz[], $4::text[], $5::text[], $6::int4[])
+        AS c(id, token, created_at, queue, ikey, attempt)
 ),
 target AS (
-    SELECT b.id, c.token FROM c JOIN {s}.batch b ON b.id = c.id AND b.created_at = c.created_at
+    SELECT b.id, c.id AS cid, c.token FROM c JOIN {s}.batch b ON b.id = c.id AND b.created_at = c.created_at
     UNION
-    SELECT b.id, c.token FROM c
+    SELECT b.id, c.id, c.token FROM c
     JOIN {s}.batch_key k ON k.queue = c.queue AND k.idempotency_key = c.ikey
     JOIN {s}.batch b ON b.id = k.batch_id AND b.queue = c.queue AND b.idempotency_key = c.ikey
     WHERE c.ikey <> ''
@@ -191,14 +196,23 @@ gone AS (
     WHERE b.id = t.id
     RETURNING b.id, t.token, b.created_at, b.attempt, b.queue
 ),
+absent AS (
+    SELECT c.token, c.created_at, c.queue, c.ikey, c.attempt, nextval($7::text::regclass) AS id FROM c
+    WHERE NOT EXISTS (SELECT 1 FROM target t WHERE t.cid = c.id AND t.token = c.token)
+        AND NOT EXISTS (SELECT 1 FROM {s}.batch_done d
+            WHERE (d.id = c.id AND d.created_at = c.created_at)
+                OR d.id = (SELECT k.batch_id FROM {s}.batch_key k WHERE k.queue = c.queue AND k.idempotency_key = c.ikey))
+),
 keys AS (
     INSERT INTO {s}.batch_key (queue, idempotency_key, batch_id)
-    SELECT queue, ikey, id FROM c WHERE ikey <> '' ORDER BY queue, ikey
+    SELECT queue, ikey, id FROM absent WHERE ikey <> '' ORDER BY queue, ikey
     ON CONFLICT (queue, idempotency_key) DO NOTHING
 ),
 rec AS (
     INSERT INTO {s}.batch_done (id, lease_token, created_at, attempt, queue)
     SELECT id, token, created_at, attempt, queue FROM gone
+    UNION ALL
+    SELECT id, token, created_at, attempt, queue FROM absent
     RETURNING id
 )
 SELECT id FROM rec`
