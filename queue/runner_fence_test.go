@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/skiplock/skiplock/batch"
+	"github.com/skiplock/skiplock/failover"
+	"github.com/skiplock/skiplock/internal/pgtest"
+	"github.com/skiplock/skiplock/migrations"
 	"github.com/skiplock/skiplock/queue"
 )
 
@@ -348,4 +352,109 @@ func TestReleaseTokensPlan(t *testing.T) {
 		require.NotContains(t, plan, "Seq Scan", "%s", plan)
 		require.Contains(t, plan, "batch_lease_idx", "%s", plan)
 	}
+}
+
+// TestRunnerReconfirmAfterFailover: a real primary and streaming replica
+// behind a proxy, reached through a failover.Pool. After the replica is
+// promoted, its rows are changed directly to what a lost commit leaves:
+// batch A has no claim (available), batch B's id names another batch (other
+// creation time). When the endpoint moves, the runner re-takes A under its
+// token and cancels B's handler, long before the next heartbeat.
+func TestRunnerReconfirmAfterFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a primary and a replica")
+	}
+	t.Parallel()
+	primary, replica := pgtest.NewPair(t, nil)
+	addr := func(s *pgtest.Server) string { return net.JoinHostPort(s.Host(), strconv.Itoa(s.Port())) }
+	proxy := pgtest.NewTestProxy(t, addr(primary))
+	ctx := testContext(t)
+	direct := func(s *pgtest.Server) *pgxpool.Pool {
+		p, err := pgxpool.New(context.Background(), s.ConnString("postgres"))
+		require.NoError(t, err)
+		t.Cleanup(p.Close)
+		return p
+	}
+	const schema = "skiplock"
+	m, err := migrations.New(direct(primary), &migrations.Config{Schema: schema})
+	require.NoError(t, err)
+	_, err = m.Up(ctx)
+	require.NoError(t, err)
+
+	pcfg, err := pgxpool.ParseConfig(proxy.ConnString("postgres"))
+	require.NoError(t, err)
+	pcfg.MaxConns = 8
+	fp, err := failover.New(ctx, &failover.Config{
+		PoolConfig:     pcfg,
+		ProbeInterval:  250 * time.Millisecond,
+		RebuildBackoff: 100 * time.Millisecond,
+	})
+	require.NoError(t, err)
+	t.Cleanup(fp.Close)
+	client := newClient(t, fp, schema, nil)
+
+	started := make(chan *batch.Batch, 4)
+	cancels := make(chan cancelled, 4)
+	r := startRunner(t, client, queue.RunnerConfig{
+		Queue:             "failover",
+		Concurrency:       4,
+		LeaseDuration:     30 * time.Second,
+		HeartbeatInterval: 20 * time.Second,
+		FenceMargin:       6 * time.Second,
+		PollInterval:      20 * time.Millisecond,
+		Handler:           blockingHandler(started, cancels),
+	})
+	ids := enqueueN(t, client, "failover", 2)
+	a := receive(t, started, 15*time.Second, "handler A")
+	b := receive(t, started, 15*time.Second, "handler B")
+	if a.ID != ids[0] {
+		a, b = b, a
+	}
+	// Pause (before the failover, so the new writer has it): the runner's
+	// own claim loop must not claim A again before the re-take.
+	require.NoError(t, client.Pause(ctx, "failover"))
+
+	// Planned failover: the old writer turns read-only, the replica catches
+	// up and is promoted; then the lost commits are simulated on it.
+	old, promoted := direct(primary), direct(replica)
+	var lsn string
+	require.NoError(t, old.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn))
+	waitFor(t, 30*time.Second, "the replica to catch up", func() bool {
+		var ok bool
+		require.NoError(t, promoted.QueryRow(ctx, "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", lsn).Scan(&ok))
+		return ok
+	})
+	require.NoError(t, primary.DemoteReadOnly(ctx))
+	require.NoError(t, replica.Promote(ctx))
+	tbl := pgx.Identifier{schema, "batch"}.Sanitize()
+	_, err = promoted.Exec(ctx, "UPDATE "+tbl+" SET state = 'available', attempt = attempt - 1, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1", a.ID)
+	require.NoError(t, err)
+	_, err = promoted.Exec(ctx, "UPDATE "+tbl+" SET state = 'available', created_at = created_at - interval '1 second', lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1", b.ID)
+	require.NoError(t, err)
+	proxy.SetTarget(addr(replica))
+	moved := time.Now()
+
+	c := receive(t, cancels, 15*time.Second, "B's handler to be cancelled")
+	require.Equal(t, b.ID, c.id)
+	require.ErrorIs(t, c.cause, queue.ErrLeaseLost)
+	waitFor(t, 15*time.Second, "A to be re-taken on the new writer", func() bool {
+		var token int64
+		require.NoError(t, promoted.QueryRow(ctx, "SELECT coalesce(lease_token, 0) FROM "+tbl+" WHERE id = $1", a.ID).Scan(&token))
+		return token == a.Lease.Token
+	})
+	retakenAfter := time.Since(moved)
+	t.Logf("endpoint moved -> B cancelled after %s, A re-taken within %s", c.at.Sub(moved), retakenAfter)
+	require.Less(t, c.at.Sub(moved), 10*time.Second, "well before the next heartbeat (20 s)")
+	var attempt int
+	require.NoError(t, promoted.QueryRow(ctx, "SELECT attempt FROM "+tbl+" WHERE id = $1", a.ID).Scan(&attempt))
+	require.Equal(t, 1, attempt)
+	var other string
+	require.NoError(t, promoted.QueryRow(ctx, "SELECT state FROM "+tbl+" WHERE id = $1", b.ID).Scan(&other))
+	require.Equal(t, "available", other, "the other batch with B's id is left alone")
+	select {
+	case c := <-cancels:
+		t.Fatalf("A's handler was cancelled: %v", c.cause)
+	default:
+	}
+	require.EqualValues(t, 1, r.Stats().Retaken)
 }
