@@ -529,3 +529,44 @@ func (c *Client) ReassertCompleted(ctx context.Context, refs []Completion) (rest
 	})
 	return restored, err
 }
+
+// heldLease is one lease a runner holds, for reconfirmLeases.
+type heldLease struct {
+	Ref       Ref
+	CreatedAt time.Time
+	Retake    bool // re-take the batch if the writer has it available with no lease
+}
+
+// reconfirmLeases extends the leases in held that are still held and
+// re-takes those flagged batches the writer has available with no lease
+// (claims a failover lost), in one statement and one attempt (callers
+// retry). It returns the refs kept, and which of them were re-taken; a ref
+// in neither is lost.
+func (c *Client) reconfirmLeases(ctx context.Context, held []heldLease, lease time.Duration, owner string) (kept, retaken map[Ref]bool, err error) {
+	n := len(held)
+	ids, tokens := make([]int64, n), make([]int64, n)
+	created, retake := make([]time.Time, n), make([]bool, n)
+	sorted := slices.Clone(held)
+	slices.SortFunc(sorted, func(a, b heldLease) int { return cmp.Compare(a.Ref.ID, b.Ref.ID) })
+	for i, h := range sorted {
+		ids[i], tokens[i], created[i], retake[i] = h.Ref.ID, h.Ref.Token, h.CreatedAt, h.Retake
+	}
+	rows, err := c.db.Query(ctx, c.sql.reconfirm, ids, tokens, created, retake, lease.Microseconds(), owner)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reconfirm %d leases: %w", n, err)
+	}
+	kept, retaken = make(map[Ref]bool, n), map[Ref]bool{}
+	var ref Ref
+	var again bool
+	_, err = pgx.ForEachRow(rows, []any{&ref.ID, &ref.Token, &again}, func() error {
+		kept[ref] = true
+		if again {
+			retaken[ref] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("reconfirm %d leases: %w", n, err)
+	}
+	return kept, retaken, nil
+}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
 	"github.com/skiplock/skiplock/batch"
@@ -30,6 +31,27 @@ var (
 // Runner claims batches of one queue and runs a handler on each, with
 // leases renewed while handlers run. Create it with NewRunner, then Start,
 // and Stop it before exit. It is safe for concurrent use.
+//
+// After a failover to a replica that missed recent commits, the new writer
+// may lack a claim or a lease extension of this runner, and another runner
+// may claim such a batch at once. When the DB reports writer changes
+// (WriterWatcher, e.g. a failover.Pool), the runner re-confirms every held
+// lease on the new writer as soon as it is reachable, in one statement:
+// leases still held are extended, batches the writer has available with no
+// lease are taken again under the same token, and every other handler is
+// cancelled (cause ErrLeaseLost). Residual window: two handlers of one batch
+// can overlap from another runner's claim on the new writer until this
+// re-confirmation completes — the time the failover pool takes to notice the
+// change and reach the new writer, plus one round trip. Measured on the
+// 2-core reference machine from the change signal to the cancellation
+// (TestRunnerReconfirmsOnWriterChange, 4 runs × 8 rounds): median 2–4 ms,
+// max 16 ms; from the endpoint switch on a real primary/replica pair
+// through a failover.Pool (TestRunnerReconfirmAfterFailover, 4 runs):
+// 29–91 ms to the cancellation, 29–109 ms to the re-take. A
+// handler must still honour its context; the runner's own claim loop may
+// also claim such a batch again before the re-take, which cancels the old
+// handler the same way. Without WriterWatcher, the next heartbeat does the
+// same re-confirmation.
 type Runner struct {
 	c   *Client
 	cfg *RunnerConfig
@@ -37,7 +59,11 @@ type Runner struct {
 
 	mu       sync.Mutex
 	state    runnerState
-	inflight map[int64]*job // claimed and not yet acknowledged
+	inflight map[Ref]*job // claimed and not yet acknowledged; by Ref, as one runner may re-claim a batch
+	orphans  map[Ref]bool // re-taken leases whose job had finished: released once it is settled
+	orphanN  atomic.Int32 // len(orphans), read without mu by the claim loop
+
+	lostClaims []lostClaim // claims whose answer was lost; claim loop only
 
 	results    chan *job     // handlers report here; capacity Concurrency
 	kick       chan struct{} // internal wake-ups (reclaimed leases)
@@ -98,7 +124,7 @@ type job struct {
 type runnerCounters struct {
 	claimed, completed, retried, dead, released, leaseLost, panics atomic.Int64
 	heartbeatErrors, roundTripErrors, reclaimed                    atomic.Int64
-	reasserted                                                     atomic.Int64
+	reasserted, retaken, reconfirms                                atomic.Int64
 }
 
 // RunnerStats are counters since the runner started.
@@ -114,6 +140,8 @@ type RunnerStats struct {
 	RoundTripErrors int64 // claim/acknowledge round trips that failed (and were retried)
 	Reclaimed       int64 // expired leases of the queue made claimable again by this runner
 	Reasserted      int64 // completions a new writer had lost, asserted again after a failover
+	Retaken         int64 // batches whose claim a new writer had lost, taken again under the same lease
+	Reconfirms      int64 // successful re-confirmations of all held leases after a writer change
 	Running         int   // handlers running now
 	// PendingReassert is how many acknowledged completions a writer change
 	// left to be asserted on the current writer and are not yet.
@@ -142,7 +170,8 @@ func NewRunner(c *Client, cfg *RunnerConfig) (*Runner, error) {
 		c:          c,
 		cfg:        cfg,
 		log:        log.Named("runner").With(zap.String("queue", cfg.Queue)),
-		inflight:   map[int64]*job{},
+		inflight:   map[Ref]*job{},
+		orphans:    map[Ref]bool{},
 		results:    make(chan *job, cfg.Concurrency),
 		kick:       make(chan struct{}, 1),
 		stopClaims: make(chan struct{}),
@@ -192,8 +221,9 @@ func (r *Runner) Start(ctx context.Context) error {
 
 	bgCtx, bgCancel := context.WithCancel(context.Background())
 	r.bgCancel = bgCancel
-	r.bg.Add(3)
+	r.bg.Add(4)
 	go r.heartbeatLoop(bgCtx)
+	go r.reconfirmLoop(bgCtx)
 	go r.reclaimLoop(bgCtx)
 	go r.fenceLoop(bgCtx)
 	r.workers.Add(r.cfg.Concurrency)
@@ -386,6 +416,8 @@ func (r *Runner) Stats() RunnerStats {
 		RoundTripErrors: s.roundTripErrors.Load(),
 		Reclaimed:       s.reclaimed.Load(),
 		Reasserted:      s.reasserted.Load(),
+		Retaken:         s.retaken.Load(),
+		Reconfirms:      s.reconfirms.Load(),
 		Running:         r.running(),
 		PendingReassert: pendingOf(r.completedJournal),
 	}
@@ -456,7 +488,7 @@ func (r *Runner) claimLoop() {
 		}
 		busy := r.cfg.Concurrency - free
 		canClaim := !stopping && free > 0 && (want || backlog) && (free >= threshold || busy == 0)
-		if retryC == nil && (len(pending) > 0 || canClaim) {
+		if retryC == nil && (len(pending) > 0 || canClaim || (!stopping && r.cleanupDue())) {
 			n := 0
 			if canClaim {
 				n = min(free, r.cfg.ClaimSize)
@@ -464,8 +496,11 @@ func (r *Runner) claimLoop() {
 			claimed, sent, retry, err := r.roundTrip(pending, n)
 			if err != nil {
 				r.stats.roundTripErrors.Add(1)
-				d := bo.NextBackOff()
+				d := retryDelay(bo, err, time.Since(sent))
 				r.log.Warn("claim round trip failed; retrying", zap.Error(err), zap.Duration("retry_in", d), zap.Int("pending_acks", len(pending)))
+				if d == 0 {
+					continue
+				}
 				retryC = time.After(d)
 			} else {
 				bo.Reset()
@@ -536,6 +571,34 @@ func (r *Runner) claimLoop() {
 	}
 }
 
+// Retry delays of the claim loop after a failed round trip.
+const (
+	// connRetryMax caps the backoff after errors that say the database may
+	// be failing over, so the first claim on a writer that is back comes
+	// soon (the writer-changed signal resets the backoff anyway).
+	connRetryMax = 250 * time.Millisecond
+	// minRetryGap keeps a round trip that failed at once from spinning.
+	minRetryGap = 25 * time.Millisecond
+)
+
+// retryDelay is how long the claim loop waits after a round trip that
+// failed with err after took. A *failover.NoWriterError means the pool has
+// already waited for a writer (WriterWait): retry at once.
+func retryDelay(bo *backoff.ExponentialBackOff, err error, took time.Duration) time.Duration {
+	d := bo.NextBackOff()
+	var nw *failover.NoWriterError
+	switch {
+	case errors.As(err, &nw):
+		if took >= minRetryGap {
+			return 0
+		}
+		return minRetryGap
+	case transient(err):
+		return min(d, connRetryMax)
+	}
+	return d
+}
+
 func newBackOff(initial, maxInterval time.Duration) *backoff.ExponentialBackOff {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = initial
@@ -553,7 +616,21 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 	var completes, releases []*job
 	var fails []Failure
 	var failJobs []*job
+	var ids map[int64]bool
+	if len(finished) > 1 {
+		ids = make(map[int64]bool, len(finished))
+	}
 	for _, j := range finished {
+		if ids != nil {
+			// Outcomes are matched to jobs by batch id: two claims of one
+			// batch (an old one whose lease was lost, a new one) go in
+			// separate round trips.
+			if ids[j.ref.ID] {
+				retry = append(retry, j)
+				continue
+			}
+			ids[j.ref.ID] = true
+		}
 		switch {
 		case j.err == nil:
 			completes = append(completes, j)
@@ -577,6 +654,15 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 	}
 	if len(releases) > 0 {
 		ids, tokens := refArrays(refsOf(releases))
+		b.Queue(sql.release, ids, tokens)
+	}
+	lostTokens := r.lostClaimTokens()
+	if len(lostTokens) > 0 {
+		b.Queue(sql.releaseTokens, lostTokens)
+	}
+	orphans := r.settledOrphans()
+	if len(orphans) > 0 {
+		ids, tokens := refArrays(orphans)
 		b.Queue(sql.release, ids, tokens)
 	}
 	token := newToken()
@@ -617,6 +703,20 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 			released, err = idSet(rows)
 		}
 	}
+	var freed map[int64]bool
+	if len(lostTokens) > 0 && err == nil {
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			freed, err = idSet(rows)
+		}
+	}
+	var orphansFreed map[int64]bool
+	if len(orphans) > 0 && err == nil {
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			orphansFreed, err = idSet(rows)
+		}
+	}
 	if n > 0 && err == nil {
 		var rows pgx.Rows
 		if rows, err = br.Query(); err == nil {
@@ -627,7 +727,20 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 		err = cerr
 	}
 	if err != nil {
+		var nw *failover.NoWriterError
+		if n > 0 && !errors.As(err, &nw) && !pgconn.SafeToRetry(err) {
+			// The claim may have committed: its batches would stay held
+			// until their lease expires. The token is ours, so release
+			// whatever it holds on the next round trip.
+			r.lostClaims = append(r.lostClaims, lostClaim{token: token, sent: sent})
+		}
 		return nil, sent, nil, err
+	}
+	r.forgetCleanup(len(lostTokens), orphans)
+	if len(freed)+len(orphansFreed) > 0 {
+		r.stats.released.Add(int64(len(freed) + len(orphansFreed)))
+		r.log.Info("released batches of claims whose answer was lost",
+			zap.Int("lost_claims", len(lostTokens)), zap.Int("batches", len(freed)), zap.Int("re_taken_orphans", len(orphansFreed)))
 	}
 
 	// Completions not applied may be repeats of one that committed before
@@ -666,6 +779,69 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 	}
 	r.settle(epoch, closed(changed), completes, completed, failJobs, failRes, releases, released)
 	return claimed, sent, retry, nil
+}
+
+// lostClaim is a claim whose round trip failed after it may have reached
+// the database.
+type lostClaim struct {
+	token int64
+	sent  time.Time
+}
+
+// lostClaimTokens returns the tokens of lost claims whose leases may still
+// hold batches (older ones have expired and are reclaimed anyway).
+func (r *Runner) lostClaimTokens() []int64 {
+	cut := 0
+	for cut < len(r.lostClaims) && time.Since(r.lostClaims[cut].sent) > r.cfg.LeaseDuration {
+		cut++
+	}
+	r.lostClaims = r.lostClaims[cut:]
+	if len(r.lostClaims) == 0 {
+		r.lostClaims = nil
+		return nil
+	}
+	tokens := make([]int64, len(r.lostClaims))
+	for i, l := range r.lostClaims {
+		tokens[i] = l.token
+	}
+	return tokens
+}
+
+// settledOrphans returns the re-taken leases whose jobs have been settled.
+func (r *Runner) settledOrphans() []Ref {
+	if r.orphanN.Load() == 0 {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var refs []Ref
+	for ref := range r.orphans {
+		if r.inflight[ref] == nil {
+			refs = append(refs, ref)
+		}
+	}
+	return refs
+}
+
+// forgetCleanup drops the first n lost claims and the orphans a round trip
+// has released.
+func (r *Runner) forgetCleanup(n int, orphans []Ref) {
+	r.lostClaims = r.lostClaims[n:]
+	if len(orphans) == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, ref := range orphans {
+		delete(r.orphans, ref)
+	}
+	r.orphanN.Store(int32(len(r.orphans)))
+}
+
+// cleanupDue reports whether a round trip has leases to release although
+// it has no outcome to acknowledge and no claim to make.
+func (r *Runner) cleanupDue() bool {
+	return len(r.lostClaims) > 0 || len(r.settledOrphans()) > 0
 }
 
 func refsOf(jobs []*job) []Ref {
@@ -719,7 +895,7 @@ func (r *Runner) settle(epoch int64, changed bool, completes []*job, completed m
 	defer r.mu.Unlock()
 	for _, group := range [][]*job{completes, fails, releases} {
 		for _, j := range group {
-			delete(r.inflight, j.ref.ID)
+			delete(r.inflight, j.ref)
 		}
 	}
 }
@@ -747,7 +923,7 @@ func (r *Runner) dispatch(claimed []batch.Batch, sent time.Time) {
 			j.cancel(ErrShutdown)
 		}
 		j.fenceAt.Store(fenceAt)
-		r.inflight[j.ref.ID] = j
+		r.inflight[j.ref] = j
 	}
 	r.handlers.Add(len(claimed))
 	r.mu.Unlock()
@@ -832,9 +1008,9 @@ func (r *Runner) fenceLoop(ctx context.Context) {
 	}
 }
 
-// heartbeatLoop renews every held lease in one statement per interval. A
-// renewal moves each handler's fence deadline; a lease found lost cancels
-// its handler at once.
+// heartbeatLoop renews every held lease in one statement per interval (see
+// renew). A renewal moves each handler's fence deadline; a lease found lost
+// cancels its handler at once.
 func (r *Runner) heartbeatLoop(ctx context.Context) {
 	defer r.bg.Done()
 	t := time.NewTicker(r.cfg.HeartbeatInterval)
@@ -845,47 +1021,152 @@ func (r *Runner) heartbeatLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		r.mu.Lock()
-		jobs := make([]*job, 0, len(r.inflight))
-		refs := make([]Ref, 0, len(r.inflight))
-		for _, j := range r.inflight {
-			jobs = append(jobs, j)
-			refs = append(refs, j.ref)
-		}
-		r.mu.Unlock()
-		if len(refs) == 0 {
+		jobs := r.held()
+		if len(jobs) == 0 {
 			continue
 		}
-		sent := time.Now()
 		opCtx, cancel := context.WithTimeout(ctx, min(r.cfg.HeartbeatInterval, r.rtTimeout))
-		lost, err := r.c.ExtendMany(opCtx, refs, r.cfg.LeaseDuration)
+		err := r.renew(opCtx, jobs)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			r.stats.heartbeatErrors.Add(1)
-			r.log.Warn("lease renewal failed", zap.Int("batches", len(refs)), zap.Error(err))
-			continue
+			r.log.Warn("lease renewal failed", zap.Int("batches", len(jobs)), zap.Error(err))
 		}
-		lostSet := map[int64]bool{}
-		for _, l := range lost {
-			lostSet[l.ID] = true
+	}
+}
+
+// held returns the jobs whose leases the runner holds.
+func (r *Runner) held() []*job {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	jobs := make([]*job, 0, len(r.inflight))
+	for _, j := range r.inflight {
+		jobs = append(jobs, j)
+	}
+	return jobs
+}
+
+// renew re-confirms the leases of jobs in one statement: leases still held
+// are extended, and a batch the writer has available with no lease — our
+// claim was lost with commits a failover dropped — is re-taken under the
+// same token if its handler is still running (unfenced). Kept leases move
+// their fence deadlines; every other handler is cancelled at once with
+// cause ErrLeaseLost.
+func (r *Runner) renew(ctx context.Context, jobs []*job) error {
+	perID := make(map[int64]int, len(jobs))
+	for _, j := range jobs {
+		perID[j.ref.ID]++
+	}
+	held := make([]heldLease, len(jobs))
+	for i, j := range jobs {
+		held[i] = heldLease{
+			Ref:       j.ref,
+			CreatedAt: j.b.CreatedAt,
+			// Two claims of one batch: re-take neither, the old one lost it.
+			Retake: perID[j.ref.ID] == 1 && !j.done.Load() && !j.fenced.Load() && !j.lost.Load(),
 		}
-		fenceAt := r.clock(sent.Add(r.cfg.LeaseDuration - r.cfg.FenceMargin))
-		for _, j := range jobs {
-			switch {
-			case j.done.Load():
-			case lostSet[j.ref.ID]:
-				if !j.lost.Swap(true) {
-					r.log.Warn("lease lost; cancelling handler", zap.Int64("batch", j.ref.ID))
-				}
-				j.cancel(ErrLeaseLost)
-			default:
-				j.fenceAt.Store(fenceAt)
+	}
+	sent := time.Now()
+	kept, retaken, err := r.c.reconfirmLeases(ctx, held, r.cfg.LeaseDuration, r.cfg.Owner)
+	if err != nil {
+		return err
+	}
+	fenceAt := r.clock(sent.Add(r.cfg.LeaseDuration - r.cfg.FenceMargin))
+	for _, j := range jobs {
+		switch {
+		case kept[j.ref]:
+			j.fenceAt.Store(fenceAt)
+			if retaken[j.ref] {
+				r.stats.retaken.Add(1)
+				r.log.Warn("re-took a batch whose claim the writer had lost", zap.Int64("batch", j.ref.ID))
+			}
+		case j.done.Load():
+		default:
+			if !j.lost.Swap(true) {
+				r.log.Warn("lease lost; cancelling handler", zap.Int64("batch", j.ref.ID))
+			}
+			j.cancel(ErrLeaseLost)
+		}
+	}
+	if len(retaken) > 0 {
+		// A handler that finished meanwhile may have had its outcome
+		// applied before the re-take: release such leases once settled.
+		r.mu.Lock()
+		for ref := range retaken {
+			if j := r.inflight[ref]; j == nil || j.done.Load() {
+				r.orphans[ref] = true
 			}
 		}
-		r.log.Debug("leases renewed", zap.Int("batches", len(refs)-len(lost)))
+		r.orphanN.Store(int32(len(r.orphans)))
+		r.mu.Unlock()
+	}
+	r.log.Debug("leases renewed", zap.Int("batches", len(kept)), zap.Int("re_taken", len(retaken)))
+	return nil
+}
+
+// reconfirmLoop re-confirms every held lease at once when the writer
+// changes (the DB is a WriterWatcher), instead of at the next heartbeat: a
+// new writer that lost our recent commits may lack a claim or an extension,
+// and another runner may claim the batch at once.
+func (r *Runner) reconfirmLoop(ctx context.Context) {
+	defer r.bg.Done()
+	w, ok := r.c.db.(WriterWatcher)
+	if !ok {
+		return
+	}
+	changed := w.WriterChanged()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+		changed = w.WriterChanged() // before confirming, so no change is missed
+		r.reconfirm(ctx)
+	}
+}
+
+// reconfirm renews every held lease (see renew), retrying promptly while
+// there is no writer yet, until it succeeds or no handler is left running
+// unfenced.
+func (r *Runner) reconfirm(ctx context.Context) {
+	bo := newBackOff(10*time.Millisecond, 100*time.Millisecond)
+	for {
+		jobs := r.held()
+		running := false
+		for _, j := range jobs {
+			if !j.done.Load() && !j.fenced.Load() && !j.lost.Load() {
+				running = true
+				break
+			}
+		}
+		if !running {
+			return
+		}
+		opCtx, cancel := context.WithTimeout(ctx, r.rtTimeout)
+		err := r.renew(opCtx, jobs)
+		cancel()
+		if err == nil {
+			r.stats.reconfirms.Add(1)
+			r.log.Info("re-confirmed leases on the new writer", zap.Int("batches", len(jobs)))
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		r.stats.heartbeatErrors.Add(1)
+		d := bo.NextBackOff()
+		r.log.Warn("could not re-confirm leases after a writer change; retrying", zap.Error(err), zap.Duration("retry_in", d))
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
 	}
 }
 

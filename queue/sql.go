@@ -348,6 +348,52 @@ WHERE c.oid = $1::text::regclass`
     SELECT ctid FROM {s}.batch_done WHERE done_at < now() - $1::float8 * interval '1 microsecond' LIMIT $2))`
 	sqlPruneKeys = `DELETE FROM {s}.batch_key WHERE ctid = ANY (ARRAY(
     SELECT ctid FROM {s}.batch_key WHERE created_at < now() - $1::float8 * interval '1 microsecond' LIMIT $2))`
+
+	// Re-confirm held leases (runners, on every heartbeat and at once after
+	// a writer change): extend each lease still held by its (id, token) by
+	// $5 µs from now, and re-take each batch flagged in $4 that the writer
+	// has available with no lease — a claim lost with commits a failover
+	// dropped — under the same token, owner $6 and one more attempt. A
+	// re-take matches id and creation time: after lost commits the writer
+	// may have given the id to another batch. The two updates match
+	// disjoint rows (token held vs. no token). Returns (id, token, retaken)
+	// per lease kept; a lease not returned is lost.
+	sqlReconfirm = `WITH held AS (
+    SELECT * FROM unnest($1::int8[], $2::int8[], $3::timestamptz[], $4::bool[])
+        AS h(id, token, created_at, retake)
+),
+extended AS (
+    UPDATE {s}.batch b SET lease_expires_at = now() + $5::float8 * interval '1 microsecond'
+    FROM held h
+    WHERE b.id = h.id AND b.lease_token = h.token
+    RETURNING b.id, b.lease_token
+),
+retaken AS (
+    UPDATE {s}.batch b SET
+        state = 'running',
+        attempt = b.attempt + 1,
+        attempted_at = now(),
+        lease_token = h.token,
+        lease_owner = $6,
+        lease_expires_at = now() + $5::float8 * interval '1 microsecond'
+    FROM held h
+    WHERE b.id = h.id AND b.created_at = h.created_at AND h.retake
+        AND b.state = 'available' AND b.lease_token IS NULL
+    RETURNING b.id, b.lease_token
+)
+SELECT id, lease_token, false FROM extended
+UNION ALL
+SELECT id, lease_token, true FROM retaken`
+
+	// Release every batch still held under lease tokens $1: claims whose
+	// answer was lost (the runner chose the token, never ran a handler for
+	// them), so the attempt is refunded. Served by the partial index on
+	// running rows (batch_lease_idx); see TestReleaseTokensPlan.
+	sqlReleaseTokens = `UPDATE {s}.batch b SET
+    state = 'available', attempt = greatest(b.attempt - 1, 0),
+    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+WHERE b.state = 'running' AND b.lease_token = ANY ($1::int8[])
+RETURNING b.id`
 )
 
 // statements is the package's SQL with the schema substituted.
@@ -355,8 +401,9 @@ type statements struct {
 	enqueue, enqueueKeyless, takeIDs, wake, keyLookup, claim, complete, reassertComplete, completeRepeat, fail, extend, release, reclaim string
 	vacuumDue, vacuum, table,
 	check, get, done, listDead, requeueDead, setPaused, paused, stats, pruneDone, pruneKeys string
-	sequence string // the batch id sequence, quoted, passed as a parameter
-	channel  string // the NOTIFY channel of the schema
+	reconfirm, releaseTokens string
+	sequence                 string // the batch id sequence, quoted, passed as a parameter
+	channel                  string // the NOTIFY channel of the schema
 }
 
 func newStatements(schema string) *statements {
@@ -391,6 +438,8 @@ func newStatements(schema string) *statements {
 		pruneKeys:        sub(sqlPruneKeys),
 		sequence:         pgx.Identifier{schema, "batch_id_seq"}.Sanitize(),
 		channel:          channelName(schema),
+		reconfirm:        sub(sqlReconfirm),
+		releaseTokens:    sub(sqlReleaseTokens),
 	}
 }
 
