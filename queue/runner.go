@@ -12,10 +12,10 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
 	"github.com/skiplock/skiplock/batch"
+	"github.com/skiplock/skiplock/failover"
 )
 
 var (
@@ -593,7 +593,7 @@ func retryDelay(bo *backoff.ExponentialBackOff, err error, took time.Duration) t
 			return 0
 		}
 		return minRetryGap
-	case transient(err):
+	case worthRepeating(err):
 		return min(d, connRetryMax)
 	}
 	return d
@@ -727,8 +727,7 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 		err = cerr
 	}
 	if err != nil {
-		var nw *failover.NoWriterError
-		if n > 0 && !errors.As(err, &nw) && !pgconn.SafeToRetry(err) {
+		if n > 0 && !failedForSure(err) {
 			// The claim may have committed: its batches would stay held
 			// until their lease expires. The token is ours, so release
 			// whatever it holds on the next round trip.
