@@ -36,6 +36,10 @@ const (
 	ReasonAge
 	// ReasonFlush: Builder.Flush or Builder.Close was called.
 	ReasonFlush
+	// ReasonPosition: the next item's position (BuilderConfig.Position)
+	// does not continue the pending cut's range: another topic or
+	// partition, or an offset before the range's end (a rewind).
+	ReasonPosition
 )
 
 // String returns "count", "bytes", "age" or "flush", or "FlushReason(n)" for
@@ -50,6 +54,8 @@ func (r FlushReason) String() string {
 		return "age"
 	case ReasonFlush:
 		return "flush"
+	case ReasonPosition:
+		return "position"
 	}
 	return "FlushReason(" + strconv.Itoa(int(r)) + ")"
 }
@@ -69,14 +75,35 @@ type Cut[T any] struct {
 	Reason FlushReason
 	// Started is when the first item was added (BuilderConfig.Now).
 	Started time.Time
+	// Source is the position range of Items when BuilderConfig.Position is
+	// set: the topic and partition of the items, from the first item's Start
+	// to the last item's End (gaps between items' positions are inside the
+	// range). It is the zero Source without Position.
+	Source Source
+}
+
+// Key returns the cut's idempotency key, c.Source.Key(), derived from the
+// positions of its items only: the same range read again (by this process
+// or a restarted one) gives the same key, and different ranges give
+// different keys. It returns "" when the cut has no Source (no
+// BuilderConfig.Position). Use it, not Seq, as the key of the batch that
+// the FlushFunc enqueues: Seq starts at 1 in every Builder, so keys built
+// from it collide with the keys of an earlier process within the queue's
+// key retention and new cuts are dropped as duplicates.
+func (c Cut[T]) Key() string {
+	if c.Source.IsZero() {
+		return ""
+	}
+	return c.Source.Key()
 }
 
 // FlushFunc delivers a cut, typically by writing its items to object storage
 // and enqueueing one batch row that points at them. It returns nil only once
 // the cut is durably delivered; on error the Builder keeps the cut and
 // retries it later with the same Seq and Items, so delivery is at least once
-// and a FlushFunc should be idempotent (e.g. derive object keys and
-// idempotency keys from the items or from Seq). Calls are never concurrent
+// and a FlushFunc should be idempotent: derive object keys and idempotency
+// keys from the items' positions (Cut.Key, with BuilderConfig.Position), never
+// from Seq, which restarts at 1 in every process. Calls are never concurrent
 // and come in Seq order. ctx is the context of the Add, Flush or Close that
 // triggered the flush, or for age-triggered flushes a context that Close
 // cancels if it gives up waiting.
@@ -131,7 +158,35 @@ type BuilderConfig[T any] struct {
 	// Now is the clock for Cut.Started and for measuring MaxAge; the waiting
 	// itself uses real timers. Defaults to time.Now. Meant for tests.
 	Now func() time.Time
+	// Position, when set, returns where an item was read from: its topic,
+	// partition and offsets [Start, End) (End = Start+1 for one Kafka
+	// record). Each cut then covers one topic and partition with rising
+	// offsets, and gets Cut.Source and Cut.Key from them: an item whose
+	// position is in another topic or partition, or starts before the end of
+	// the pending range (the log was rewound), first cuts what is pending
+	// (ReasonPosition). Add refuses an item whose position does not pass
+	// Source.Validate. Defaults to nil: cuts have no Source and no Key.
+	//
+	// Keys and restarts: a key names an exact range, so a restarted producer
+	// gets the keys of its previous run only for cuts with the same
+	// boundaries. Boundaries are the same when it resumes at a cut boundary
+	// (commit the consumer offset Cut.Source.End after each successful
+	// flush, and resume from the committed offset) and the cut is made by
+	// MaxCount or MaxBytes over the same items. Age, Flush and Close cuts
+	// depend on timing: after a crash between a flush and its offset
+	// commit, the re-read range may be cut elsewhere ([100,150) by age
+	// before, [100,200) by count after), its key differs, and its items are
+	// enqueued again — delivered at least once, never lost. Keys cannot
+	// deduplicate overlapping ranges: the queue matches keys exactly, and a
+	// key that matched overlapping ranges (say, by start offset alone) would
+	// drop the second range's new items as a duplicate of the first. Make
+	// handlers idempotent per item position for such overlaps.
+	Position PositionFunc[T]
 }
+
+// PositionFunc returns the source position of an item; see
+// BuilderConfig.Position.
+type PositionFunc[T any] func(item T) Source
 
 // WithDefaults returns a copy of c with zero fields set to their defaults. A
 // nil c gives all defaults (and no Flush).
@@ -213,6 +268,7 @@ type Builder[T any] struct {
 	items   []T       // the pending cut
 	bytes   int64     // its bytes
 	started time.Time // when its first item was added
+	source  Source    // its position range, with cfg.Position
 	lastLen int       // items in the previous cut, to size the next slice
 
 	ready      []Cut[T] // cuts made but not yet flushed successfully, in Seq order
@@ -253,7 +309,9 @@ func NewBuilder[T any](cfg *BuilderConfig[T]) (*Builder[T], error) {
 //   - *FlushError (use errors.As): accepted and held, but a cut could not be
 //     flushed (the FlushFunc failed, or ctx ended while waiting); it will be
 //     retried. Do not add the item again; call Flush to retry.
-//   - a *ValidationError (Field "size") for a negative size, ErrClosed after
+//   - a *ValidationError (Field "size") for a negative size, or (Field
+//     "position") for an item whose BuilderConfig.Position is not a valid
+//     Source, ErrClosed after
 //     Close (even with a done ctx), or ctx.Err() when ctx is already done on
 //     entry: not accepted.
 //
@@ -262,6 +320,17 @@ func NewBuilder[T any](cfg *BuilderConfig[T]) (*Builder[T], error) {
 func (b *Builder[T]) Add(ctx context.Context, item T, size int64) error {
 	if size < 0 {
 		return invalid("size", "negative (%d)", size)
+	}
+	var pos Source
+	if b.cfg.Position != nil {
+		pos = b.cfg.Position(item)
+		if err := pos.Validate(); err != nil {
+			var ve *ValidationError
+			if errors.As(err, &ve) {
+				return invalid("position", "%s", ve.Reason)
+			}
+			return invalid("position", "%v", err)
+		}
 	}
 	b.mu.Lock()
 	if b.closed {
@@ -273,6 +342,9 @@ func (b *Builder[T]) Add(ctx context.Context, item T, size int64) error {
 		return err
 	}
 	var target uint64 // flush cuts up to this Seq; 0 for none
+	if len(b.items) > 0 && b.cfg.Position != nil && !b.source.continuedBy(pos) {
+		target = b.cutLocked(ReasonPosition)
+	}
 	if len(b.items) > 0 && size > b.cfg.MaxBytes-b.bytes {
 		target = b.cutLocked(ReasonBytes)
 	}
@@ -285,6 +357,13 @@ func (b *Builder[T]) Add(ctx context.Context, item T, size int64) error {
 	}
 	b.items = append(b.items, item)
 	b.bytes += size
+	if b.cfg.Position != nil {
+		if first {
+			b.source = pos
+		} else {
+			b.source.End = pos.End
+		}
+	}
 	switch {
 	case len(b.items) >= b.cfg.MaxCount:
 		target = b.cutLocked(ReasonCount)
@@ -402,12 +481,19 @@ func (b *Builder[T]) cutLocked(reason FlushReason) uint64 {
 		Bytes:   b.bytes,
 		Reason:  reason,
 		Started: b.started,
+		Source:  b.source,
 	})
 	b.readyItems += len(b.items)
 	b.readyBytes += b.bytes
 	b.lastLen = min(len(b.items), b.cfg.MaxCount)
-	b.items, b.bytes, b.started = nil, 0, time.Time{}
+	b.items, b.bytes, b.started, b.source = nil, 0, time.Time{}, Source{}
 	return b.seq
+}
+
+// continuedBy reports whether an item at position p can join a pending cut
+// whose range is s: same topic and partition, at or after its end.
+func (s Source) continuedBy(p Source) bool {
+	return p.Topic == s.Topic && p.Partition == s.Partition && p.Start >= s.End
 }
 
 // lastReadyLocked returns the Seq of the newest queued cut, or 0.

@@ -2,6 +2,7 @@ package batch
 
 import (
 	"fmt"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 )
@@ -50,14 +51,38 @@ func textProblem(s string, maxBytes int) string {
 
 // ValidateQueueName reports whether name can name a queue: 1 to
 // MaxQueueNameBytes bytes of valid UTF-8 without control characters (NUL,
-// tab, newline and the other C0/C1 controls). It does not block. The error is
-// a *ValidationError with Field "queue" (errors.Is(err, ErrInvalid) is true).
+// tab, newline and the other C0/C1 controls), every character printable
+// (unicode.IsPrint: letters, marks, numbers, punctuation, symbols and the
+// ASCII space — so no other whitespace such as U+00A0, no format characters
+// such as U+200B ZERO WIDTH SPACE, U+200D or U+FEFF, no private-use or
+// unassigned code points), and neither starting nor ending with a space (so
+// no name is only spaces). It does not block. The error is a
+// *ValidationError with Field "queue" (errors.Is(err, ErrInvalid) is true).
+//
+// Names are compared byte for byte; they are not normalised. Two names that
+// render alike but differ in bytes — "é" as U+00E9 and as "e" + U+0301, or
+// Latin "a" and Cyrillic "а" — name two different queues. The rule above
+// only removes the characters that are invisible or blank, which are the
+// look-alikes a careless producer can make by accident (a pasted
+// zero-width space, a trailing blank); producers and workers of one queue
+// must spell its name with the same bytes.
 func ValidateQueueName(name string) error {
 	if name == "" {
 		return invalid("queue", "empty")
 	}
 	if p := textProblem(name, MaxQueueNameBytes); p != "" {
 		return invalid("queue", "%s", p)
+	}
+	for i, r := range name {
+		if !unicode.IsPrint(r) {
+			return invalid("queue", "non-printable character %U at byte %d: %s", r, i, quote(name))
+		}
+	}
+	if strings.TrimLeft(name, " ") == "" {
+		return invalid("queue", "only spaces: %s", quote(name))
+	}
+	if name[0] == ' ' || name[len(name)-1] == ' ' {
+		return invalid("queue", "leading or trailing space: %s", quote(name))
 	}
 	return nil
 }

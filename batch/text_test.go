@@ -68,6 +68,19 @@ func TestValidateQueueName(t *testing.T) {
 		{"invalid utf8", "a\xffb", "not valid UTF-8"},
 		{"truncated multibyte", "caf\xc3", "not valid UTF-8"},
 		{"surrogate half", "\xed\xa0\x80", "not valid UTF-8"},
+		{"one space", " ", "only spaces"},
+		{"spaces only", "   ", "only spaces"},
+		{"leading space", " orders", "leading or trailing space"},
+		{"trailing space", "orders ", "leading or trailing space"},
+		{"no-break space", "\u00a0", "non-printable character U+00A0"},
+		{"ideographic space", "a\u3000b", "non-printable character U+3000 at byte 1"},
+		{"zero width space", "orders\u200b", "non-printable character U+200B at byte 6"},
+		{"zero width joiner", "a\u200db", "non-printable character U+200D"},
+		{"byte order mark", "\ufefforders", "non-printable character U+FEFF at byte 0"},
+		{"bidi override", "a\u202eb", "non-printable character U+202E"},
+		{"private use", "a\ue000", "non-printable character U+E000"},
+		{"combining mark", "e\u0301te", ""},
+		{"cyrillic look-alike is its own name", "\u043erders", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
