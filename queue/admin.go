@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -23,7 +24,7 @@ func validQueue(op, queue string) error {
 
 // ListDead returns up to limit (1..MaxListLimit) dead-lettered batches of a
 // queue with ids above afterID, in id order, with their last errors. Page by
-// passing the last id seen.
+// passing the last id seen. It is retried across failovers (it only reads).
 func (c *Client) ListDead(ctx context.Context, queue string, afterID int64, limit int) ([]batch.Batch, error) {
 	if err := c.check("list dead"); err != nil {
 		return nil, err
@@ -34,80 +35,188 @@ func (c *Client) ListDead(ctx context.Context, queue string, afterID int64, limi
 	if limit < 1 || limit > MaxListLimit {
 		return nil, argError("list dead", "limit", "%d is outside 1..%d", limit, MaxListLimit)
 	}
-	ctx, cancel := c.opContext(ctx)
-	defer cancel()
-	rows, err := c.db.Query(ctx, c.sql.listDead, queue, afterID, limit)
+	var bs []batch.Batch
+	err := c.retry(ctx, "list dead", true, func(ctx context.Context) error {
+		ctx, cancel := c.opContext(ctx)
+		defer cancel()
+		rows, err := c.db.Query(ctx, c.sql.listDead, queue, afterID, limit)
+		if err != nil {
+			return fmt.Errorf("list dead %q: %w", short(queue), err)
+		}
+		bs, err = collectBatches(rows, limit, queue)
+		if err != nil {
+			return fmt.Errorf("list dead %q: %w", short(queue), err)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("list dead %q: %w", short(queue), err)
-	}
-	bs, err := collectBatches(rows, limit, queue)
-	if err != nil {
-		return nil, fmt.Errorf("list dead %q: %w", short(queue), err)
+		return nil, err
 	}
 	return bs, nil
 }
 
 // RequeueDead makes the given dead batches of a queue available again with
-// a fresh set of attempts (their last error is kept until they run). Ids
-// that are not dead batches of the queue are ignored; it returns how many
-// were requeued.
+// a fresh set of attempts (their last error is kept until they run), and
+// returns how many it requeued (repeated ids count once). It is all or
+// nothing: if any id is not a dead batch of the queue (unknown, completed,
+// queued, running, or of another queue), it requeues none and returns an
+// error matching ErrNotFound that names such ids. No ids requeue nothing.
+//
+// It is not repeated after a failure that may have committed (a broken
+// connection, a timeout after the statement was sent): a repeat would find
+// the batches requeued and report them not found. Such failures return an
+// *OutcomeUnknownError (see Get or ListDead for what happened); failures
+// that prove nothing was committed are retried within Config.RetryWindow.
 func (c *Client) RequeueDead(ctx context.Context, queue string, ids []int64) (int, error) {
-	if len(ids) == 0 {
-		return 0, nil
-	}
-	return c.requeueDead(ctx, queue, ids)
-}
-
-// RequeueAllDead requeues every dead batch of a queue; see RequeueDead.
-func (c *Client) RequeueAllDead(ctx context.Context, queue string) (int, error) {
-	return c.requeueDead(ctx, queue, nil)
-}
-
-func (c *Client) requeueDead(ctx context.Context, queue string, ids []int64) (int, error) {
 	if err := c.check("requeue"); err != nil {
 		return 0, err
 	}
+	if len(ids) == 0 {
+		if err := validQueue("requeue", queue); err != nil {
+			return 0, err
+		}
+		return 0, nil
+	}
+	return c.requeueDeadRetried(ctx, queue, ids)
+}
+
+// RequeueDeadTx is RequeueDead inside the caller's transaction: the batches
+// become available, and runners are woken, when tx commits. It is not
+// retried.
+func (c *Client) RequeueDeadTx(ctx context.Context, tx pgx.Tx, queue string, ids []int64) (int, error) {
+	if err := c.check("requeue"); err != nil {
+		return 0, err
+	}
+	if tx == nil {
+		return 0, argError("requeue", "tx", "nil")
+	}
+	if len(ids) == 0 {
+		if err := validQueue("requeue", queue); err != nil {
+			return 0, err
+		}
+		return 0, nil
+	}
+	return c.requeueDead(ctx, tx, queue, ids)
+}
+
+// RequeueAllDead requeues every dead batch of a queue and returns how many
+// (0 when there were none); see RequeueDead for how it is retried.
+func (c *Client) RequeueAllDead(ctx context.Context, queue string) (int, error) {
+	if err := c.check("requeue"); err != nil {
+		return 0, err
+	}
+	return c.requeueDeadRetried(ctx, queue, nil)
+}
+
+func (c *Client) requeueDeadRetried(ctx context.Context, queue string, ids []int64) (int, error) {
+	if err := validQueue("requeue", queue); err != nil {
+		return 0, err
+	}
+	var n int
+	var answer error // the statement's own answer (ErrNotFound), which is not retried
+	err := c.retry(ctx, "requeue dead", false, func(ctx context.Context) error {
+		var err error
+		n, err = c.requeueDead(ctx, c.db, queue, ids)
+		if errors.Is(err, ErrNotFound) {
+			answer, err = err, nil
+		}
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, answer
+}
+
+// maxNamedIDs bounds how many ids an error message lists.
+const maxNamedIDs = 10
+
+func (c *Client) requeueDead(ctx context.Context, q querier, queue string, ids []int64) (int, error) {
 	if err := validQueue("requeue", queue); err != nil {
 		return 0, err
 	}
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	var n, woken int64
-	if err := c.db.QueryRow(ctx, c.sql.requeueDead, queue, ids, c.channel()).Scan(&n, &woken); err != nil {
+	var absent []int64
+	if err := q.QueryRow(ctx, c.sql.requeueDead, queue, ids, c.channel()).Scan(&n, &woken, &absent); err != nil {
 		return 0, fmt.Errorf("requeue dead %q: %w", short(queue), err)
+	}
+	if len(absent) > 0 {
+		named := absent[:min(len(absent), maxNamedIDs)]
+		more := ""
+		if len(absent) > len(named) {
+			more = fmt.Sprintf(" and %d more", len(absent)-len(named))
+		}
+		return 0, fmt.Errorf("requeue dead %q: batches %v%s are not dead batches of the queue; nothing requeued: %w",
+			short(queue), named, more, ErrNotFound)
 	}
 	return int(n), nil
 }
 
 // Pause stops claims from a queue, by every runner and Claim call, until
 // Resume. Batches already claimed finish normally; enqueues still work.
+// Pausing a paused queue changes nothing, so Pause is retried across
+// failovers.
 func (c *Client) Pause(ctx context.Context, queue string) error {
-	return c.setPaused(ctx, "pause", queue, true)
+	return c.setPausedRetried(ctx, "pause", queue, true)
+}
+
+// PauseTx is Pause inside the caller's transaction: it takes effect when tx
+// commits. It is not retried.
+func (c *Client) PauseTx(ctx context.Context, tx pgx.Tx, queue string) error {
+	return c.setPausedTx(ctx, tx, "pause", queue, true)
 }
 
 // Resume lets claims from a paused queue start again and wakes its runners.
+// It is retried across failovers, like Pause.
 func (c *Client) Resume(ctx context.Context, queue string) error {
-	return c.setPaused(ctx, "resume", queue, false)
+	return c.setPausedRetried(ctx, "resume", queue, false)
 }
 
-func (c *Client) setPaused(ctx context.Context, op, queue string, paused bool) error {
+// ResumeTx is Resume inside the caller's transaction: it takes effect, and
+// wakes the runners, when tx commits. It is not retried.
+func (c *Client) ResumeTx(ctx context.Context, tx pgx.Tx, queue string) error {
+	return c.setPausedTx(ctx, tx, "resume", queue, false)
+}
+
+func (c *Client) setPausedRetried(ctx context.Context, op, queue string, paused bool) error {
 	if err := c.check(op); err != nil {
 		return err
 	}
 	if err := validQueue(op, queue); err != nil {
 		return err
 	}
+	return c.retry(ctx, op, true, func(ctx context.Context) error {
+		return c.setPaused(ctx, c.db, op, queue, paused)
+	})
+}
+
+func (c *Client) setPausedTx(ctx context.Context, tx pgx.Tx, op, queue string, paused bool) error {
+	if err := c.check(op); err != nil {
+		return err
+	}
+	if tx == nil {
+		return argError(op, "tx", "nil")
+	}
+	if err := validQueue(op, queue); err != nil {
+		return err
+	}
+	return c.setPaused(ctx, tx, op, queue, paused)
+}
+
+func (c *Client) setPaused(ctx context.Context, q querier, op, queue string, paused bool) error {
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	var got bool
 	var woken int64
-	if err := c.db.QueryRow(ctx, c.sql.setPaused, queue, paused, c.channel()).Scan(&got, &woken); err != nil {
+	if err := q.QueryRow(ctx, c.sql.setPaused, queue, paused, c.channel()).Scan(&got, &woken); err != nil {
 		return fmt.Errorf("%s %q: %w", op, short(queue), err)
 	}
 	return nil
 }
 
-// Paused reports whether a queue is paused.
+// Paused reports whether a queue is paused. It is retried across failovers.
 func (c *Client) Paused(ctx context.Context, queue string) (bool, error) {
 	if err := c.check("paused"); err != nil {
 		return false, err
@@ -115,13 +224,16 @@ func (c *Client) Paused(ctx context.Context, queue string) (bool, error) {
 	if err := validQueue("paused", queue); err != nil {
 		return false, err
 	}
-	ctx, cancel := c.opContext(ctx)
-	defer cancel()
 	var paused bool
-	if err := c.db.QueryRow(ctx, c.sql.paused, queue).Scan(&paused); err != nil {
-		return false, fmt.Errorf("paused %q: %w", short(queue), err)
-	}
-	return paused, nil
+	err := c.retry(ctx, "paused", true, func(ctx context.Context) error {
+		ctx, cancel := c.opContext(ctx)
+		defer cancel()
+		if err := c.db.QueryRow(ctx, c.sql.paused, queue).Scan(&paused); err != nil {
+			return fmt.Errorf("paused %q: %w", short(queue), err)
+		}
+		return nil
+	})
+	return paused, err
 }
 
 // QueueStats are the figures of one queue at one moment.
@@ -132,13 +244,18 @@ type QueueStats struct {
 	Running   int64         // claimed under a lease
 	Expired   int64         // running, but the lease expired and was not reclaimed yet
 	Dead      int64         // dead-lettered
-	OldestAge time.Duration // how long the oldest runnable batch has been runnable; 0 if none
+	OldestAge time.Duration // how long the oldest runnable batch has been runnable; 0 if none; at most MaxOldestAge
 	Paused    bool
 }
 
+// MaxOldestAge is the largest QueueStats.OldestAge: the longest
+// time.Duration (about 292 years). A batch runnable for longer (a RunAt
+// centuries ago) reports it instead of overflowing.
+const MaxOldestAge = time.Duration(math.MaxInt64)
+
 // Stats returns the figures of one queue, or of every queue that has
 // batches or settings when queue is empty. It scans the hot table, which
-// holds only unfinished and dead batches.
+// holds only unfinished and dead batches. It is retried across failovers.
 func (c *Client) Stats(ctx context.Context, queue string) ([]QueueStats, error) {
 	if err := c.check("stats"); err != nil {
 		return nil, err
@@ -150,30 +267,51 @@ func (c *Client) Stats(ctx context.Context, queue string) ([]QueueStats, error) 
 		}
 		q = queue
 	}
-	ctx, cancel := c.opContext(ctx)
-	defer cancel()
-	rows, err := c.db.Query(ctx, c.sql.stats, q)
-	if err != nil {
-		return nil, fmt.Errorf("stats: %w", err)
-	}
 	var out []QueueStats
-	var s QueueStats
-	var age float64
-	_, err = pgx.ForEachRow(rows, []any{&s.Queue, &s.Available, &s.Scheduled, &s.Running, &s.Expired, &s.Dead, &age, &s.Paused}, func() error {
-		s.OldestAge = time.Duration(age * float64(time.Second))
-		out = append(out, s)
+	err := c.retry(ctx, "stats", true, func(ctx context.Context) error {
+		ctx, cancel := c.opContext(ctx)
+		defer cancel()
+		out = nil
+		rows, err := c.db.Query(ctx, c.sql.stats, q)
+		if err != nil {
+			return fmt.Errorf("stats: %w", err)
+		}
+		var s QueueStats
+		var age float64
+		_, err = pgx.ForEachRow(rows, []any{&s.Queue, &s.Available, &s.Scheduled, &s.Running, &s.Expired, &s.Dead, &age, &s.Paused}, func() error {
+			s.OldestAge = ageDuration(age)
+			out = append(out, s)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("stats: %w", err)
+		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("stats: %w", err)
+		return nil, err
 	}
 	return out, nil
+}
+
+// ageDuration converts seconds to a Duration, clamped to 0..MaxOldestAge.
+func ageDuration(seconds float64) time.Duration {
+	switch ns := seconds * float64(time.Second); {
+	case ns != ns || ns <= 0: // NaN or not positive
+		return 0
+	case ns >= float64(MaxOldestAge):
+		return MaxOldestAge
+	default:
+		return time.Duration(ns)
+	}
 }
 
 // Prune deletes completion records older than Config.DoneRetention and
 // idempotency keys older than Config.KeyRetention, in statements of at most
 // 10,000 rows, and returns how many of each it deleted. Runners call it
-// periodically; calling it from several processes at once is safe.
+// periodically; calling it from several processes at once is safe. Each
+// statement is retried across failovers (deleting what is old is
+// idempotent).
 func (c *Client) Prune(ctx context.Context) (done, keys int64, err error) {
 	if err := c.check("prune"); err != nil {
 		return 0, 0, err
@@ -182,14 +320,19 @@ func (c *Client) Prune(ctx context.Context) (done, keys int64, err error) {
 	run := func(query string, age time.Duration) (int64, error) {
 		var total int64
 		for {
-			opCtx, cancel := c.opContext(ctx)
-			tag, err := c.db.Exec(opCtx, query, age.Microseconds(), chunk)
-			cancel()
+			var n int64
+			err := c.retry(ctx, "prune", true, func(ctx context.Context) error {
+				opCtx, cancel := c.opContext(ctx)
+				defer cancel()
+				tag, err := c.db.Exec(opCtx, query, age.Microseconds(), chunk)
+				n = tag.RowsAffected()
+				return err
+			})
 			if err != nil {
 				return total, err
 			}
-			total += tag.RowsAffected()
-			if tag.RowsAffected() < chunk {
+			total += n
+			if n < chunk {
 				return total, nil
 			}
 		}
@@ -219,16 +362,23 @@ const VacuumMinDeadTuples = 1000
 // churn autovacuum's default one-minute cycle lets them, and the table, grow
 // until claims slow down several times over. Runners call Vacuum every
 // RunnerConfig.VacuumInterval. It reports whether a vacuum ran, and returns
-// ErrVacuumNotPermitted when the role cannot vacuum the table.
+// ErrVacuumNotPermitted when the role cannot vacuum the table. Both the
+// check and the vacuum are retried across failovers.
 func (c *Client) Vacuum(ctx context.Context, minInterval time.Duration) (bool, error) {
 	if err := c.check("vacuum"); err != nil {
 		return false, err
 	}
-	opCtx, cancel := c.opContext(ctx)
-	defer cancel()
 	var due, allowed bool
-	if err := c.db.QueryRow(opCtx, c.sql.vacuumDue, c.sql.table, minInterval.Microseconds(), VacuumMinDeadTuples).Scan(&due, &allowed); err != nil {
-		return false, fmt.Errorf("vacuum: %w", err)
+	err := c.retry(ctx, "vacuum", true, func(ctx context.Context) error {
+		opCtx, cancel := c.opContext(ctx)
+		defer cancel()
+		if err := c.db.QueryRow(opCtx, c.sql.vacuumDue, c.sql.table, minInterval.Microseconds(), VacuumMinDeadTuples).Scan(&due, &allowed); err != nil {
+			return fmt.Errorf("vacuum: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return false, err
 	}
 	if !allowed {
 		return false, ErrVacuumNotPermitted
@@ -236,8 +386,16 @@ func (c *Client) Vacuum(ctx context.Context, minInterval time.Duration) (bool, e
 	if !due {
 		return false, nil
 	}
-	if _, err := c.db.Exec(opCtx, c.sql.vacuum); err != nil {
-		return false, fmt.Errorf("vacuum: %w", err)
+	err = c.retry(ctx, "vacuum", true, func(ctx context.Context) error {
+		opCtx, cancel := c.opContext(ctx)
+		defer cancel()
+		if _, err := c.db.Exec(opCtx, c.sql.vacuum); err != nil {
+			return fmt.Errorf("vacuum: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return false, err
 	}
 	return true, nil
 }

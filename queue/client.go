@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/skiplock/skiplock/batch"
+	"github.com/skiplock/skiplock/failover"
 )
 
 // DB is what a Client needs from a connection pool. A *pgxpool.Pool
@@ -45,7 +47,8 @@ type Client struct {
 	closed atomic.Bool
 
 	notifyMu sync.Mutex
-	notifier *notifier // started by the first runner that wants wake-ups
+	notifier *notifier      // started by the first runner that wants wake-ups
+	wakes    *wakeCoalescer // coalesced wake-ups of enqueues; nil when they notify in their statement or not at all
 
 	watcher            WriterWatcher           // the DB, when it reports writer changes
 	journal            *journal[EnqueueParams] // acknowledged keyed enqueues, when the DB reports writer changes
@@ -60,14 +63,15 @@ type Client struct {
 // changes (WriterWatcher), the client starts two goroutines: one that notes
 // each writer change, and one that asserts the journaled enqueues the new
 // writer may have lost, retrying until they are asserted or the client is
-// closed. New returns an *ArgumentError for an invalid configuration.
+// closed. New returns an *ArgumentError for an invalid configuration or a
+// nil db, including a typed nil such as a nil *pgxpool.Pool.
 func New(db DB, cfg *Config) (*Client, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if db == nil {
-		return nil, argError("new", "db", "nil")
+	if isNil(db) {
+		return nil, argError("new", "db", "nil (%T)", db)
 	}
 	c := &Client{
 		db:   db,
@@ -75,6 +79,9 @@ func New(db DB, cfg *Config) (*Client, error) {
 		log:  cfg.Logger.Named("skiplock"),
 		sql:  newStatements(cfg.Schema),
 		quit: make(chan struct{}),
+	}
+	if !cfg.DisableNotify && cfg.NotifyInterval > 0 {
+		c.wakes = newWakeCoalescer(cfg.NotifyInterval, c.sendWake)
 	}
 	if w, ok := db.(WriterWatcher); ok && cfg.JournalWindow > 0 {
 		c.watcher = w
@@ -93,6 +100,29 @@ func New(db DB, cfg *Config) (*Client, error) {
 		}()
 	}
 	return c, nil
+}
+
+// isNil reports whether v is nil or an interface holding a nil pointer,
+// map, slice, channel or function.
+func isNil(v any) bool {
+	if v == nil {
+		return true
+	}
+	switch rv := reflect.ValueOf(v); rv.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Chan, reflect.Func, reflect.Interface, reflect.UnsafePointer:
+		return rv.IsNil()
+	}
+	return false
+}
+
+// sendWake wakes the runners of queues, after their enqueues committed.
+// A lost wake-up only delays work until the runners' next poll.
+func (c *Client) sendWake(queues []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.OpTimeout)
+	defer cancel()
+	if _, err := c.db.Exec(ctx, c.sql.wake, c.sql.channel, queues); err != nil {
+		c.log.Warn("could not wake runners after an enqueue", zap.Int("queues", len(queues)), zap.Error(err))
+	}
 }
 
 // ReassertedEnqueues returns how many journaled enqueues a new writer was
@@ -119,13 +149,14 @@ func (c *Client) JournalStats() JournalStats {
 	return JournalStats{Journaled: n, Pending: pending, Reasserted: c.reassertedEnqueues.Load()}
 }
 
-// Close stops the client's LISTEN connection and its writer watcher.
+// Close stops the client's LISTEN connection and its writer watcher, and
+// sends the coalesced wake-ups still pending (Config.NotifyInterval).
 // Operations after Close return ErrClosed; runners must be stopped first.
 // Close does not close the DB. A second Close is a no-op.
 //
 // If a writer change left journaled enqueues not yet asserted on the
 // current writer, Close first tries to assert them, for up to
-// Config.RetryWindow, and returns an error matching ErrNotReasserted that
+// Config.RetryWindow (Config.OpTimeout with NoRetry), and returns an error matching ErrNotReasserted that
 // says how many it could not: those batches were acknowledged by a writer
 // that has since been replaced and may be lost; re-enqueue them (their
 // idempotency keys make that safe).
@@ -135,7 +166,11 @@ func (c *Client) Close() error {
 	}
 	var err error
 	if _, pending := c.journal.counts(); pending > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RetryWindow)
+		window := c.cfg.RetryWindow
+		if window <= 0 {
+			window = c.cfg.OpTimeout
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), window)
 		if n := c.journal.flush(ctx, c.assertEnqueues); n > 0 {
 			err = fmt.Errorf("close: %d acknowledged keyed enqueues could not be asserted on the current writer: %w", n, ErrNotReasserted)
 			c.log.Error("closing with journaled enqueues not asserted on the current writer", zap.Int("pending", n))
@@ -145,6 +180,9 @@ func (c *Client) Close() error {
 	c.closed.Store(true)
 	close(c.quit)
 	c.bg.Wait()
+	if c.wakes != nil {
+		c.wakes.close()
+	}
 	c.notifyMu.Lock()
 	n := c.notifier
 	c.notifier = nil
@@ -182,6 +220,16 @@ func (c *Client) channel() any {
 		return nil
 	}
 	return c.sql.channel
+}
+
+// enqueueChannel is the NOTIFY channel an enqueue statement notifies on
+// itself: inside a caller's transaction, or when wake-ups are not
+// coalesced; nil otherwise (the client wakes the runners after the commit).
+func (c *Client) enqueueChannel(inTx bool) any {
+	if c.wakes != nil && !inTx {
+		return nil
+	}
+	return c.channel()
 }
 
 // Ref identifies one claim of a batch: its id and the lease token the claim
@@ -233,44 +281,62 @@ func scanBatch(row pgx.Row, b *batch.Batch) error {
 
 // Get returns the batch with id as it is in the hot table. It returns
 // ErrNotFound if no such batch is queued, running or dead (completed batches
-// have left the table; see Completed).
+// have left the table; see Completed). It is retried across failovers.
 func (c *Client) Get(ctx context.Context, id int64) (*batch.Batch, error) {
 	if err := c.check("get"); err != nil {
 		return nil, err
 	}
-	ctx, cancel := c.opContext(ctx)
-	defer cancel()
 	var b batch.Batch
-	if err := scanBatch(c.db.QueryRow(ctx, c.sql.get, id), &b); err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil, fmt.Errorf("get batch %d: %w", id, ErrNotFound)
+	err := c.retry(ctx, "get", true, func(ctx context.Context) error {
+		ctx, cancel := c.opContext(ctx)
+		defer cancel()
+		b = batch.Batch{}
+		if err := scanBatch(c.db.QueryRow(ctx, c.sql.get, id), &b); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("get batch %d: %w", id, ErrNotFound)
+			}
+			return fmt.Errorf("get batch %d: %w", id, err)
 		}
-		return nil, fmt.Errorf("get batch %d: %w", id, err)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return &b, nil
 }
 
 // Completed reports whether a completion of batch id is on record (within
-// DoneRetention).
+// DoneRetention). It is retried across failovers.
 func (c *Client) Completed(ctx context.Context, id int64) (bool, error) {
 	if err := c.check("completed"); err != nil {
 		return false, err
 	}
-	ctx, cancel := c.opContext(ctx)
-	defer cancel()
 	var done bool
-	if err := c.db.QueryRow(ctx, c.sql.done, id).Scan(&done); err != nil {
-		return false, fmt.Errorf("completed %d: %w", id, err)
-	}
-	return done, nil
+	err := c.retry(ctx, "completed", true, func(ctx context.Context) error {
+		ctx, cancel := c.opContext(ctx)
+		defer cancel()
+		if err := c.db.QueryRow(ctx, c.sql.done, id).Scan(&done); err != nil {
+			return fmt.Errorf("completed %d: %w", id, err)
+		}
+		return nil
+	})
+	return done, err
 }
 
-// checkTables verifies that the schema's tables exist and can be read.
+// checkTables verifies that the schema's tables exist and can be read. It
+// suggests missing migrations only when the server answered with an error
+// about the statement itself (an unknown table or schema, a missing
+// privilege); a connection that failed or broke, a timeout or no writer is
+// reported as it is.
 func (c *Client) checkTables(ctx context.Context) error {
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	if _, err := c.db.Exec(ctx, c.sql.check); err != nil {
-		return fmt.Errorf("check tables in schema %q (were the migrations applied?): %w", short(c.cfg.Schema), err)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && failover.Classify(err) == failover.ClassOther {
+			return fmt.Errorf("check tables in schema %q (were the migrations applied, and may this role read them?): %w", short(c.cfg.Schema), err)
+		}
+		return fmt.Errorf("check tables in schema %q: database unusable: %w", short(c.cfg.Schema), err)
 	}
 	return nil
 }

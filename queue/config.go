@@ -12,18 +12,28 @@ import (
 // Defaults of Config.
 const (
 	// SchemaDefault matches the migrations package's default schema.
-	SchemaDefault        = "skiplock"
-	MaxAttemptsDefault   = 10
-	RetryBaseDefault     = time.Second
-	RetryMaxDefault      = 10 * time.Minute
-	OpTimeoutDefault     = 30 * time.Second
-	DoneRetentionDefault = 24 * time.Hour
-	KeyRetentionDefault  = 7 * 24 * time.Hour
-	RetryWindowDefault   = 30 * time.Second
-	JournalWindowDefault = 30 * time.Second
-	MaxAttemptsLimit     = 1000
-	MaxEnqueueBatchRows  = 5000 // rows per statement of the bulk path; larger calls are split inside one transaction
+	SchemaDefault         = "skiplock"
+	MaxAttemptsDefault    = 10
+	RetryBaseDefault      = time.Second
+	RetryMaxDefault       = 10 * time.Minute
+	OpTimeoutDefault      = 30 * time.Second
+	DoneRetentionDefault  = 24 * time.Hour
+	KeyRetentionDefault   = 7 * 24 * time.Hour
+	RetryWindowDefault    = 30 * time.Second
+	JournalWindowDefault  = 30 * time.Second
+	NotifyIntervalDefault = 20 * time.Millisecond
+	MaxAttemptsLimit      = 1000
+	MaxEnqueueBatchRows   = 5000 // rows per statement of the bulk path; larger calls are split inside one transaction
 )
+
+// NoRetry, as Config.RetryWindow, turns retries off: every operation makes
+// one attempt and returns its error. Any negative RetryWindow does the same.
+const NoRetry time.Duration = -1
+
+// NotifyInTransaction, as Config.NotifyInterval, makes every enqueue
+// statement send its own NOTIFY (the behaviour before coalescing); see
+// Config.NotifyInterval. Any negative NotifyInterval does the same.
+const NotifyInTransaction time.Duration = -1
 
 // Config configures a Client. A nil *Config means all defaults.
 type Config struct {
@@ -69,8 +79,13 @@ type Config struct {
 	// that say the database may be failing over (read-only writer,
 	// connection lost, no writer yet). Only operations that are safe to
 	// repeat are retried: claims, fenced acknowledgements, enqueues whose
-	// batches all have idempotency keys, and administrative calls. Defaults
-	// to RetryWindowDefault.
+	// batches all have idempotency keys, and the administrative calls that
+	// are (Get, Completed, ListDead, Pause, Resume, Paused, Stats, Prune,
+	// Vacuum; RequeueDead is repeated only after failures that prove it
+	// committed nothing). NoRetry (or any negative value) turns retries off:
+	// one attempt, its error returned as it is. Close then gives its
+	// re-assertion of journaled enqueues OpTimeout. Defaults to
+	// RetryWindowDefault.
 	RetryWindow time.Duration
 
 	// JournalWindow is how far back, from the last acknowledgement a writer
@@ -93,6 +108,20 @@ type Config struct {
 	// DisableNotify stops enqueues from sending NOTIFY wake-ups; runners then
 	// find new batches by polling only. Defaults to false.
 	DisableNotify bool
+
+	// NotifyInterval coalesces the NOTIFY wake-ups of enqueues made outside
+	// a caller's transaction: after an enqueue commits, the client wakes the
+	// queue's runners at once if it has not done so within the last
+	// NotifyInterval, and otherwise once at the end of that interval,
+	// however many enqueues came meanwhile; the wake-up is its own small
+	// statement. A NOTIFY inside an enqueue's transaction would take
+	// PostgreSQL's global notification lock at every commit and serialize
+	// concurrent enqueues. Enqueues inside the caller's transaction
+	// (EnqueueTx, EnqueueManyTx) still notify inside it, so that runners
+	// wake only if it commits. NotifyInTransaction (or any negative value)
+	// notifies inside every enqueue statement instead. Defaults to
+	// NotifyIntervalDefault.
+	NotifyInterval time.Duration
 }
 
 // WithDefaults returns a copy of c with every zero field set to its default.
@@ -131,6 +160,9 @@ func (c *Config) WithDefaults() *Config {
 	if out.KeyRetention == 0 {
 		out.KeyRetention = KeyRetentionDefault
 	}
+	if out.NotifyInterval == 0 {
+		out.NotifyInterval = NotifyIntervalDefault
+	}
 	return &out
 }
 
@@ -149,8 +181,8 @@ func (c *Config) validate() error {
 		return argError("config", "OpTimeout", "%s is below 100ms", c.OpTimeout)
 	case c.DoneRetention < time.Minute:
 		return argError("config", "DoneRetention", "%s is below 1m", c.DoneRetention)
-	case c.RetryWindow < 0:
-		return argError("config", "RetryWindow", "negative")
+	case c.NotifyInterval > time.Second:
+		return argError("config", "NotifyInterval", "%s is above 1s", c.NotifyInterval)
 	case c.KeyRetention < time.Minute:
 		return argError("config", "KeyRetention", "%s is below 1m", c.KeyRetention)
 	}

@@ -38,8 +38,10 @@ type EnqueueParams struct {
 	// Priority orders claims: lower runs first. Defaults to 0.
 	Priority int16
 
-	// RunAt schedules the batch; it is not claimed before. Defaults to now
-	// (the database's clock) plus Delay.
+	// RunAt schedules the batch; it is not claimed before. It must lie
+	// within MinRunAt..MaxRunAt (PostgreSQL's timestamptz range); a time in
+	// the past makes the batch runnable at once. Sub-microsecond parts are
+	// dropped. Defaults to now (the database's clock) plus Delay.
 	RunAt time.Time
 
 	// Delay schedules the batch this long after the database's now. Not
@@ -51,13 +53,28 @@ type EnqueueParams struct {
 	MaxAttempts int
 }
 
+// The range of EnqueueParams.RunAt: PostgreSQL's timestamptz range, from
+// 4714-11-24 BC (Go year -4713) to 294276-12-31 23:59:59.999999 UTC. Beyond
+// it the server refuses the value, and far beyond it (year 586500 and more)
+// the driver's microsecond count overflows and would store another time.
+var (
+	MinRunAt = time.Date(-4713, time.November, 24, 0, 0, 0, 0, time.UTC)
+	MaxRunAt = time.Date(294276, time.December, 31, 23, 59, 59, 999999000, time.UTC)
+)
+
 // EnqueueResult reports the outcome of one enqueued batch.
 type EnqueueResult struct {
 	// ID is the batch's id. For a duplicate it is the id of the batch that
 	// first used the idempotency key (which may have completed since).
 	ID int64
 	// Duplicate is true when the idempotency key was already known and
-	// nothing was added.
+	// nothing was added. When an earlier attempt of the same call failed
+	// in a way that leaves open whether it committed (a broken connection,
+	// a failover) and the call repeated it, a key the database got during
+	// the call (by its own clock, since the call began) may be the call's
+	// own first write: such keys are reported with Duplicate false ("not
+	// known to be a duplicate"), and only keys older than the call as
+	// Duplicate. Both results carry the batch's id.
 	Duplicate bool
 }
 
@@ -126,20 +143,29 @@ func (c *Client) enqueueMany(ctx context.Context, ps []EnqueueParams, journal bo
 		})
 	}
 	var out []EnqueueResult
+	cols.notify = c.enqueueChannel(false)
 	since, changed := c.journal.epochNow(), c.writerChanged() // before anything is sent
+	start := time.Now()
 	err = c.retry(ctx, "enqueue", cols.allKeyed(), func(ctx context.Context) error {
+		var err error
 		if len(ps) <= MaxEnqueueBatchRows {
 			out, err = c.enqueue(ctx, c.db, ps, cols)
-			return err
+		} else {
+			err = pgx.BeginFunc(ctx, c.db, func(tx pgx.Tx) error {
+				var err error
+				out, err = c.enqueue(ctx, tx, ps, cols)
+				return err
+			})
 		}
-		return pgx.BeginFunc(ctx, c.db, func(tx pgx.Tx) error {
-			out, err = c.enqueue(ctx, tx, ps, cols)
-			return err
-		})
+		if err != nil && !failedForSure(err) {
+			cols.ownSince = start // the repeat may find this attempt's keys
+		}
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
+	c.wakeEnqueued(ps, out)
 	if journal {
 		return c.journalEnqueued(ctx, since, closed(changed), ps, cols, out)
 	}
@@ -256,7 +282,28 @@ func (c *Client) EnqueueManyTx(ctx context.Context, tx pgx.Tx, ps []EnqueueParam
 			return c.EnqueueManyTx(ctx, tx, sorted)
 		})
 	}
+	cols.notify = c.enqueueChannel(true)
 	return c.enqueue(ctx, tx, ps, cols)
+}
+
+// wakeEnqueued wakes, through the coalescer, the runners of the queues that
+// got a batch runnable now from a committed enqueue.
+func (c *Client) wakeEnqueued(ps []EnqueueParams, out []EnqueueResult) {
+	if c.wakes == nil {
+		return
+	}
+	now := time.Now()
+	var queues []string
+	for i := range ps {
+		p := &ps[i]
+		if out[i].Duplicate || p.Delay > 0 || p.RunAt.After(now) || slices.Contains(queues, p.Queue) {
+			continue
+		}
+		queues = append(queues, p.Queue)
+	}
+	if len(queues) > 0 {
+		c.wakes.wake(queues)
+	}
 }
 
 // lockOrder returns, for a keyed enqueue that takes more than one
@@ -323,6 +370,10 @@ type enqueueColumns struct {
 	payload                  [][]byte
 	keyed                    bool // some row has a key
 	unkeyed                  bool // some row has none
+	notify                   any  // the NOTIFY channel for the statements, or nil
+	// ownSince, when set, is when the call began whose earlier attempt may
+	// have committed: duplicates of keys written since may be its own.
+	ownSince time.Time
 }
 
 // allKeyed reports whether every row has an idempotency key, which makes
@@ -412,6 +463,10 @@ func (c *Client) validateEnqueue(p *EnqueueParams) (string, error) {
 	if p.Delay != 0 && !p.RunAt.IsZero() {
 		return "", argError(op, "Delay", "set together with RunAt")
 	}
+	if !p.RunAt.IsZero() && (p.RunAt.Before(MinRunAt) || p.RunAt.After(MaxRunAt)) {
+		return "", argError(op, "RunAt", "%s is outside PostgreSQL's range %s..%s",
+			p.RunAt.UTC().Format(time.RFC3339Nano), MinRunAt.Format(time.RFC3339), MaxRunAt.Format(time.RFC3339Nano))
+	}
 	if p.MaxAttempts < 0 || p.MaxAttempts > MaxAttemptsLimit {
 		return "", argError(op, "MaxAttempts", "%d is outside 1..%d", p.MaxAttempts, MaxAttemptsLimit)
 	}
@@ -424,6 +479,10 @@ func (c *Client) validateEnqueue(p *EnqueueParams) (string, error) {
 	}
 	return key, nil
 }
+
+// ownKeyMargin widens the window in which a duplicate key may be a call's
+// own earlier write (see EnqueueResult.Duplicate).
+const ownKeyMargin = 250 * time.Millisecond
 
 func containsNUL(s string) bool { return strings.IndexByte(s, 0) >= 0 }
 
@@ -466,7 +525,7 @@ func (c *Client) enqueueChunk(ctx context.Context, q querier, cols *enqueueColum
 		cols.queue[lo:hi], keys, part(cols.priority, lo, hi), part(cols.runAt, lo, hi),
 		part(cols.delay, lo, hi), cols.maxAttempts[lo:hi], part(cols.partKey, lo, hi), part(cols.uri, lo, hi),
 		part(cols.topic, lo, hi), part(cols.partition, lo, hi), part(cols.start, lo, hi), part(cols.end, lo, hi),
-		part(cols.events, lo, hi), part(cols.size, lo, hi), part(cols.payload, lo, hi), c.channel())
+		part(cols.events, lo, hi), part(cols.size, lo, hi), part(cols.payload, lo, hi), cols.notify)
 	if err != nil {
 		return nil, fmt.Errorf("enqueue %d batches into %q: %w", hi-lo, short(cols.queue[lo]), err)
 	}
@@ -510,17 +569,29 @@ func (c *Client) lookupDuplicates(ctx context.Context, q querier, cols *enqueueC
 	if err != nil {
 		return fmt.Errorf("enqueue: look up duplicate keys: %w", err)
 	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[*int64])
+	type found struct {
+		ID  *int64
+		Age *float64 // seconds since the key was written, by the database clock
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowToStructByPos[found])
 	if err != nil {
 		return fmt.Errorf("enqueue: look up duplicate keys: %w", err)
 	}
 	if len(ids) != len(idx) {
 		return fmt.Errorf("enqueue: %d key lookups for %d duplicates", len(ids), len(idx))
 	}
+	// The call's own earlier attempt wrote its keys after the call began:
+	// they are at most as old as the call (measured after the lookup, so
+	// longer than the database's interval), with a margin for clock rates.
+	var own float64 = -1
+	if !cols.ownSince.IsZero() {
+		own = (time.Since(cols.ownSince) + ownKeyMargin).Seconds()
+	}
 	for j, i := range idx {
-		out[i].Duplicate = true
-		if ids[j] != nil {
-			out[i].ID = *ids[j]
+		f := ids[j]
+		out[i].Duplicate = !(f.Age != nil && *f.Age <= own)
+		if f.ID != nil {
+			out[i].ID = *f.ID
 		}
 	}
 	return nil

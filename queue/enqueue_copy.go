@@ -102,7 +102,7 @@ func (c *Client) enqueueCopy(ctx context.Context, cp copier, q querier, cols *en
 	if copied != int64(n) {
 		return nil, wrap(fmt.Errorf("copied %d of %d batches", copied, n))
 	}
-	if ch := c.channel(); ch != nil {
+	if ch := cols.notify; ch != nil {
 		queues := map[string]bool{}
 		for _, name := range cols.queue[lo:hi] {
 			queues[name] = true

@@ -7,8 +7,10 @@ import (
 	"os"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
 
 	"github.com/skiplock/skiplock/batch"
 )
@@ -55,8 +57,8 @@ func validateClaim(p *ClaimParams) error {
 	if err := validateLease(op, "Lease", p.Lease); err != nil {
 		return err
 	}
-	if len(p.Owner) > MaxOwnerBytes || containsNUL(p.Owner) {
-		return argError(op, "Owner", "longer than %d bytes or contains NUL", MaxOwnerBytes)
+	if len(p.Owner) > MaxOwnerBytes || containsNUL(p.Owner) || !utf8.ValidString(p.Owner) {
+		return argError(op, "Owner", "longer than %d bytes, not valid UTF-8 or contains NUL", MaxOwnerBytes)
 	}
 	return nil
 }
@@ -82,17 +84,55 @@ func (c *Client) Claim(ctx context.Context, p ClaimParams) ([]batch.Batch, error
 	if err := validateClaim(&p); err != nil {
 		return nil, err
 	}
-	// A retried claim takes a fresh token; batches an unacknowledged
-	// attempt may have claimed come back when their lease expires.
+	// A retried claim takes a fresh token. An attempt whose answer was lost
+	// may have claimed batches under its token that no caller will ever
+	// run: they are released by token afterwards, refunding the attempt.
 	var out []batch.Batch
+	var lost []int64
 	err := c.retry(ctx, "claim", true, func(ctx context.Context) error {
 		ctx, cancel := c.opContext(ctx)
 		defer cancel()
+		token := newToken()
 		var err error
-		out, err = c.claim(ctx, c.db, p, newToken())
+		out, err = c.claim(ctx, c.db, p, token)
+		if err != nil && !failedForSure(err) {
+			lost = append(lost, token)
+		}
 		return err
 	})
+	if len(lost) > 0 {
+		c.releaseLostClaims(ctx, p.Queue, lost)
+	}
 	return out, err
+}
+
+// releaseLostClaims releases whatever claims under tokens whose answer was
+// lost took, so that their batches are claimable at once with the attempt
+// refunded (no handler ran for them). It runs beyond the caller's
+// cancellation, within Config.RetryWindow; if it fails, those batches come
+// back when their lease expires, with the attempt counted.
+func (c *Client) releaseLostClaims(ctx context.Context, queue string, tokens []int64) {
+	ctx = context.WithoutCancel(ctx)
+	var n int
+	err := c.retry(ctx, "release lost claims", true, func(ctx context.Context) error {
+		ctx, cancel := c.opContext(ctx)
+		defer cancel()
+		rows, err := c.db.Query(ctx, c.sql.releaseTokens, tokens)
+		if err != nil {
+			return err
+		}
+		ids, err := idSet(rows)
+		n = len(ids)
+		return err
+	})
+	if err != nil {
+		c.log.Warn("could not release claims whose answer was lost; they return when their lease expires",
+			zap.String("queue", queue), zap.Int("tokens", len(tokens)), zap.Error(err))
+		return
+	}
+	if n > 0 {
+		c.log.Info("released claims whose answer was lost", zap.String("queue", queue), zap.Int("batches", n))
+	}
 }
 
 func (c *Client) claim(ctx context.Context, q querier, p ClaimParams, token int64) ([]batch.Batch, error) {
@@ -291,6 +331,26 @@ func (c *Client) Fail(ctx context.Context, ref Ref, cause error) (dead bool, err
 	return len(res.Dead) > 0, nil
 }
 
+// FailTx is Fail inside the caller's transaction: the failure is recorded
+// when tx commits, together with the caller's own writes. It is not
+// retried.
+func (c *Client) FailTx(ctx context.Context, tx pgx.Tx, ref Ref, cause error) (dead bool, err error) {
+	if err := c.check("fail"); err != nil {
+		return false, err
+	}
+	if tx == nil {
+		return false, argError("fail", "tx", "nil")
+	}
+	res, err := c.fail(ctx, tx, []Failure{{Ref: ref, Err: cause}})
+	if err != nil {
+		return false, err
+	}
+	if len(res.Lost) > 0 {
+		return false, leaseLost("fail", ref)
+	}
+	return len(res.Dead) > 0, nil
+}
+
 // FailMany fails many batches in one statement; see Fail.
 func (c *Client) FailMany(ctx context.Context, fs []Failure) (FailResult, error) {
 	if err := c.check("fail"); err != nil {
@@ -302,17 +362,17 @@ func (c *Client) FailMany(ctx context.Context, fs []Failure) (FailResult, error)
 	var res FailResult
 	err := c.retry(ctx, "fail", true, func(ctx context.Context) error {
 		var err error
-		res, err = c.fail(ctx, fs)
+		res, err = c.fail(ctx, c.db, fs)
 		return err
 	})
 	return res, err
 }
 
-func (c *Client) fail(ctx context.Context, fs []Failure) (FailResult, error) {
+func (c *Client) fail(ctx context.Context, q querier, fs []Failure) (FailResult, error) {
 	n := len(fs)
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
-	rows, err := c.db.Query(ctx, c.sql.fail, c.failArgs(fs)...)
+	rows, err := q.Query(ctx, c.sql.fail, c.failArgs(fs)...)
 	if err != nil {
 		return FailResult{}, fmt.Errorf("fail %d batches: %w", n, err)
 	}
@@ -397,6 +457,19 @@ func (c *Client) Release(ctx context.Context, ref Ref) error {
 	return single("release", ref, lost, err)
 }
 
+// ReleaseTx is Release inside the caller's transaction: the batch is
+// released when tx commits. It is not retried.
+func (c *Client) ReleaseTx(ctx context.Context, tx pgx.Tx, ref Ref) error {
+	if err := c.check("release"); err != nil {
+		return err
+	}
+	if tx == nil {
+		return argError("release", "tx", "nil")
+	}
+	lost, err := c.updateLeasesOnce(ctx, tx, "release", c.sql.release, []Ref{ref})
+	return single("release", ref, lost, err)
+}
+
 // ReleaseMany releases many batches in one statement and returns the refs
 // whose lease was lost.
 func (c *Client) ReleaseMany(ctx context.Context, refs []Ref) (lost []Ref, err error) {
@@ -411,17 +484,17 @@ func (c *Client) updateLeases(ctx context.Context, op, query string, refs []Ref,
 		return nil, nil
 	}
 	err = c.retry(ctx, op, true, func(ctx context.Context) error {
-		lost, err = c.updateLeasesOnce(ctx, op, query, refs, extra...)
+		lost, err = c.updateLeasesOnce(ctx, c.db, op, query, refs, extra...)
 		return err
 	})
 	return lost, err
 }
 
-func (c *Client) updateLeasesOnce(ctx context.Context, op, query string, refs []Ref, extra ...any) ([]Ref, error) {
+func (c *Client) updateLeasesOnce(ctx context.Context, q querier, op, query string, refs []Ref, extra ...any) ([]Ref, error) {
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	ids, tokens := refArrays(refs)
-	rows, err := c.db.Query(ctx, query, append([]any{ids, tokens}, extra...)...)
+	rows, err := q.Query(ctx, query, append([]any{ids, tokens}, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("%s %d batches: %w", op, len(refs), err)
 	}

@@ -208,6 +208,9 @@ func TestRetryScheduleAndDeadLetter(t *testing.T) {
 	require.Equal(t, res.ID, deadList[0].ID)
 
 	n, err := e.client.RequeueDead(ctx, "retry", []int64{res.ID, 424242})
+	require.ErrorIs(t, err, queue.ErrNotFound, "all or nothing: 424242 is not dead")
+	require.Zero(t, n)
+	n, err = e.client.RequeueDead(ctx, "retry", []int64{res.ID})
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 	got, err := e.client.Claim(ctx, queue.ClaimParams{Queue: "retry", Limit: 1, Lease: time.Minute})

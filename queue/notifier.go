@@ -212,3 +212,98 @@ func wakeUp(ch chan struct{}) {
 	default:
 	}
 }
+
+// wakeCoalescer sends the NOTIFY wake-ups of enqueues made outside a
+// caller's transaction, after they committed: at once for a queue not woken
+// within the last interval, otherwise once at the end of the interval for
+// all the enqueues that came meanwhile (Config.NotifyInterval).
+type wakeCoalescer struct {
+	interval time.Duration
+	send     func(queues []string)
+
+	mu      sync.Mutex
+	last    map[string]time.Time // when each queue was last woken
+	pending map[string]bool      // queues to wake when the timer fires
+	timer   *time.Timer
+	closed  bool
+	fired   sync.WaitGroup // a timer callback that may be running
+}
+
+func newWakeCoalescer(interval time.Duration, send func(queues []string)) *wakeCoalescer {
+	return &wakeCoalescer{interval: interval, send: send, last: map[string]time.Time{}, pending: map[string]bool{}}
+}
+
+// wake wakes the runners of queues: it sends the wake-up for those not
+// woken within the interval before returning, and leaves the others to the
+// timer. It blocks only for that one statement.
+func (w *wakeCoalescer) wake(queues []string) {
+	now := time.Now()
+	var due []string
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	for _, q := range queues {
+		if t, ok := w.last[q]; ok && now.Sub(t) < w.interval {
+			w.pending[q] = true
+			continue
+		}
+		w.last[q] = now
+		due = append(due, q)
+	}
+	if len(w.pending) > 0 && w.timer == nil {
+		w.fired.Add(1)
+		w.timer = time.AfterFunc(w.interval, w.fire)
+	}
+	if len(w.last) > 4096 { // forget queues not woken lately
+		for q, t := range w.last {
+			if now.Sub(t) >= w.interval {
+				delete(w.last, q)
+			}
+		}
+	}
+	w.mu.Unlock()
+	if len(due) > 0 {
+		w.send(due)
+	}
+}
+
+// fire sends the coalesced wake-ups.
+func (w *wakeCoalescer) fire() {
+	defer w.fired.Done()
+	w.mu.Lock()
+	w.timer = nil
+	due := w.takePendingLocked(time.Now())
+	w.mu.Unlock()
+	if len(due) > 0 {
+		w.send(due)
+	}
+}
+
+func (w *wakeCoalescer) takePendingLocked(now time.Time) []string {
+	due := make([]string, 0, len(w.pending))
+	for q := range w.pending {
+		due = append(due, q)
+		w.last[q] = now
+	}
+	clear(w.pending)
+	return due
+}
+
+// close sends what is pending and stops the timer; later wakes do nothing.
+func (w *wakeCoalescer) close() {
+	w.mu.Lock()
+	w.closed = true
+	var due []string
+	if w.timer != nil && w.timer.Stop() {
+		w.timer = nil
+		w.fired.Done()
+		due = w.takePendingLocked(time.Now())
+	}
+	w.mu.Unlock()
+	if len(due) > 0 {
+		w.send(due)
+	}
+	w.fired.Wait()
+}

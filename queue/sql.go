@@ -123,7 +123,8 @@ SELECT ord, id, (SELECT count(*) FROM woken) FROM src ORDER BY ord`
 	sqlWake = `SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q`
 
 	// The batch ids behind existing idempotency keys, in input order.
-	sqlKeyLookup = `SELECT k.batch_id
+	// With each, the key's age in seconds by the database clock.
+	sqlKeyLookup = `SELECT k.batch_id, extract(epoch FROM now() - k.created_at)::float8
 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(q, ikey, ord)
 LEFT JOIN {s}.batch_key k ON k.queue = u.q AND k.idempotency_key = u.ikey
 ORDER BY u.ord`
@@ -285,15 +286,30 @@ WHERE b.queue = $1 AND b.state = 'dead' AND b.id > $2
 ORDER BY b.id LIMIT $3`
 
 	// Requeue dead batches ($2 NULL: all of the queue) with fresh attempts.
-	sqlRequeueDead = `WITH req AS (
-    UPDATE {s}.batch SET state = 'available', attempt = 0, run_at = now()
-    WHERE queue = $1 AND state = 'dead' AND ($2::int8[] IS NULL OR id = ANY ($2::int8[]))
-    RETURNING id
+	// With ids, all or nothing: unless every distinct id is a dead batch of
+	// the queue, nothing changes. Returns how many were requeued, how many
+	// runners were notified, and the ids that are not dead batches of the
+	// queue.
+	sqlRequeueDead = `WITH want AS (
+    SELECT DISTINCT w.id FROM unnest($2::int8[]) AS w(id)
+),
+dead AS (
+    SELECT b.id FROM {s}.batch b
+    WHERE b.queue = $1 AND b.state = 'dead' AND ($2::int8[] IS NULL OR b.id = ANY ($2::int8[]))
+    FOR UPDATE
+),
+req AS (
+    UPDATE {s}.batch b SET state = 'available', attempt = 0, run_at = now()
+    FROM dead
+    WHERE b.id = dead.id
+        AND ($2::int8[] IS NULL OR (SELECT count(*) FROM dead) = (SELECT count(*) FROM want))
+    RETURNING b.id
 ),
 woken AS (
     SELECT pg_notify($3, $1) WHERE $3::text IS NOT NULL AND EXISTS (SELECT 1 FROM req)
 )
-SELECT count(*), (SELECT count(*) FROM woken) FROM req`
+SELECT (SELECT count(*) FROM req), (SELECT count(*) FROM woken),
+    coalesce((SELECT array_agg(w.id ORDER BY w.id) FROM want w WHERE w.id NOT IN (SELECT id FROM dead)), '{}')`
 
 	// Pause ($2 true) or resume a queue; a resume wakes its runners.
 	sqlSetPaused = `WITH up AS (
