@@ -27,6 +27,14 @@ type Options struct {
 	// Logf, if set, receives the tail of the server log when a server fails to start. Defaults
 	// to nil (the tail is still part of the returned error).
 	Logf func(format string, args ...any)
+
+	// PasswordRoles are login roles that must authenticate with a password (scram-sha-256) over
+	// loopback TCP; every other connection stays trusted. SetRolePassword creates a role and sets
+	// its password.
+	// Defaults to none.
+	//
+	// NOTE(lab): minimal stand-in in the lab branch until pgtest's own version lands.
+	PasswordRoles []string
 }
 
 // confFile is the file in each data directory, included from postgresql.conf, that holds the
@@ -65,6 +73,7 @@ func (o *Options) withDefaults() Options {
 	}
 	c := *o
 	c.Settings = maps.Clone(o.Settings)
+	c.PasswordRoles = slices.Clone(o.PasswordRoles)
 	return c
 }
 
@@ -109,7 +118,10 @@ func quoteConf(v string) string {
 
 // writeConf writes the settings of o into dataDir.
 func writeConf(dataDir string, o *Options, u *osUser) error {
-	return u.writeFile(filepath.Join(dataDir, confFile), []byte(o.conf()), 0o600)
+	if err := u.writeFile(filepath.Join(dataDir, confFile), []byte(o.conf()), 0o600); err != nil {
+		return err
+	}
+	return writePasswordHBA(dataDir, o.PasswordRoles, u)
 }
 
 // autoConfDropped are the postgresql.auto.conf parameters writeStandbyConf replaces or clears.
