@@ -15,6 +15,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -339,7 +340,8 @@ var chaosSeed = flag.Int64("faultlab.seed", 0, "seed of TestChaosSchedule (0: $S
 
 // TestChaosSchedule runs a short randomized fault schedule (every kind,
 // overlapping where allowed) drawn from a printed seed; -faultlab.seed or
-// $SKIPLOCK_CHAOS_SEED replays it. SKIPLOCK_CHAOS_DURATION lengthens it.
+// $SKIPLOCK_CHAOS_SEED replays it. SKIPLOCK_CHAOS_DURATION lengthens it;
+// SKIPLOCK_CHAOS_KINDS (comma-separated faultlab kinds) narrows it.
 func TestChaosSchedule(t *testing.T) {
 	t.Parallel()
 	seed := *chaosSeed
@@ -354,9 +356,16 @@ func TestChaosSchedule(t *testing.T) {
 	if v, err := time.ParseDuration(os.Getenv("SKIPLOCK_CHAOS_DURATION")); err == nil && v > 0 {
 		d = v
 	}
+	var kinds []faultlab.Kind // nil: every kind
+	if v := os.Getenv("SKIPLOCK_CHAOS_KINDS"); v != "" {
+		for _, k := range strings.Split(v, ",") {
+			require.Contains(t, faultlab.AllKinds, faultlab.Kind(k), "SKIPLOCK_CHAOS_KINDS")
+			kinds = append(kinds, faultlab.Kind(k))
+		}
+	}
 	t.Logf("chaos seed %d (replay: go test ./failover -run TestChaosSchedule -faultlab.seed=%d)", seed, seed)
 	res, err := faultlab.RunChaos(ctxFor(t, d+10*time.Minute), &faultlab.ChaosConfig{
-		Seed: seed, Duration: d, Logf: t.Logf,
+		Seed: seed, Duration: d, Kinds: kinds, Logf: t.Logf,
 		Load: &faultlab.LoadConfig{Logger: testLogger(t)},
 	})
 	if res != nil && res.Final != nil {

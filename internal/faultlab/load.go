@@ -371,14 +371,23 @@ var ErrNoRecovery = errors.New("faultlab: no handler started within the recovery
 func (l *Load) FirstStartAfter(ctx context.Context, t0 time.Time) (time.Duration, error) {
 	w := &execWaiter{after: t0, ch: make(chan time.Time, 1)}
 	l.mu.Lock()
+	var first time.Time
 	for _, e := range l.execs {
-		if e.Start.After(t0) {
-			l.mu.Unlock()
-			return e.Start.Sub(t0), nil
+		if e.Start.After(t0) && (first.IsZero() || e.Start.Before(first)) {
+			first = e.Start
 		}
+	}
+	if !first.IsZero() {
+		l.mu.Unlock()
+		return first.Sub(t0), nil
 	}
 	l.waiters = append(l.waiters, w)
 	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.waiters = slices.DeleteFunc(l.waiters, func(x *execWaiter) bool { return x == w })
+		l.mu.Unlock()
+	}()
 	t := time.NewTimer(l.cfg.RecoveryLimit)
 	defer t.Stop()
 	select {
