@@ -79,6 +79,13 @@ func runScenario(t *testing.T, f faultlab.Fault, opts *pgtest.Options, setup fun
 	o := faultlab.Run(ctxFor(t, 5*time.Minute), c.Cluster, l, f)
 	require.NoError(t, o.Err)
 	runFor(1500 * time.Millisecond) // steady state after it
+	for i, r := range l.Runners {
+		select {
+		case <-r.Stopped():
+			t.Fatalf("runner %d gave up during the fault", i)
+		default:
+		}
+	}
 	rep := finish(t, c, l)
 	var reassertedDone int64
 	for _, r := range l.Runners {
@@ -297,13 +304,6 @@ func TestScenarioNoWriter(t *testing.T) {
 		require.True(t, acked, "producer %d got no enqueue acknowledged after the writer came back", p)
 	}
 	require.NotEmpty(t, s.c.eventsOf(failover.EventNoWriter))
-	for _, r := range s.l.Runners {
-		select {
-		case <-r.Stopped():
-			t.Fatal("a runner gave up")
-		default:
-		}
-	}
 	recordRecoveries(t, "no writer", s.o)
 	requireInvariants(t, "no writer", s.rep, false)
 }

@@ -88,11 +88,13 @@ func RunChaos(ctx context.Context, cfg *ChaosConfig) (*ChaosResult, error) {
 			return nil, err
 		}
 	}
-	pool, err := c.NewPool(ctx, cfg.Pool)
+	sctx, cancel := context.WithTimeout(ctx, time.Minute) // setup: fail fast, not at ctx's end
+	defer cancel()
+	pool, err := c.NewPool(sctx, cfg.Pool)
 	if err != nil {
 		return nil, err
 	}
-	l, err := StartLoad(ctx, pool, cfg.Load)
+	l, err := StartLoad(sctx, pool, cfg.Load)
 	if err != nil {
 		return nil, err
 	}
@@ -211,7 +213,7 @@ func (r *ChaosResult) summarize(lease time.Duration) {
 			if rec.Err != nil {
 				r.RecoveryTimeouts++
 			}
-			r.Recoveries = append(r.Recoveries, rec.Took)
+			r.Recoveries = append(r.Recoveries, r.ownRecovery(o, rec))
 		}
 	}
 	tail := lease + 2*time.Second // a duplicate shows up at most a lease after its fault
@@ -236,6 +238,23 @@ func (r *ChaosResult) summarize(lease time.Duration) {
 	r.RecoveryP50 = Percentile(r.Recoveries, 50)
 	r.RecoveryP99 = Percentile(r.Recoveries, 99)
 	r.RecoveryMax = Percentile(r.Recoveries, 100)
+}
+
+// ownRecovery is rec's recovery measured from when the writer was really reachable: if another
+// fault that blocks traffic (a blackhole, a topology fault) was still under way at rec's
+// reachable moment, from the end of that one instead.
+func (r *ChaosResult) ownRecovery(o *Outcome, rec Recovery) time.Duration {
+	eff := rec.Reachable
+	for changed := true; changed; {
+		changed = false
+		for _, o2 := range r.Outcomes {
+			blocks := o2.Fault.Kind.Topology() || o2.Fault.Kind == Blackhole
+			if o2 != o && blocks && !eff.Before(o2.Began) && eff.Before(o2.Ended) {
+				eff, changed = o2.Ended, true
+			}
+		}
+	}
+	return max(rec.Took-eff.Sub(rec.Reachable), 0)
 }
 
 // Percentile returns the p-th percentile (nearest rank) of ds, 0 for none.

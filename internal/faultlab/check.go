@@ -55,14 +55,10 @@ func (l *Load) Check(ctx context.Context, final *pgxpool.Pool, cutoff time.Time)
 			keys = append(keys, k)
 		}
 	}
-	execs := make([]Execution, len(l.execs))
-	for i, e := range l.execs {
-		execs[i] = *e
-	}
 	l.mu.Unlock()
 	slices.Sort(keys)
 	s := func(t string) string { return pgx.Identifier{l.cfg.Schema, t}.Sanitize() }
-	rep := &Report{Acked: len(keys), Executions: len(execs)}
+	rep := &Report{Acked: len(keys)}
 
 	rows, err := final.Query(ctx, `
 SELECT u.key, k.batch_id,
@@ -99,6 +95,32 @@ LEFT JOIN `+s("batch_key")+` k ON k.queue = $1 AND k.idempotency_key = u.key`, l
 		return nil, fmt.Errorf("faultlab: check acknowledged batches: %w", err)
 	}
 
+	// Completions first, executions after: a handler records its start before it can
+	// complete, so every completion read here has its executions in the snapshot below.
+	type completion struct{ id, token, created int64 }
+	rows, err = final.Query(ctx, `SELECT id, lease_token, created_at FROM `+s("batch_done")+` WHERE queue = $1`, l.cfg.Queue)
+	if err != nil {
+		return nil, fmt.Errorf("faultlab: check completions: %w", err)
+	}
+	var (
+		dones           []completion
+		doneID, doneTok int64
+		doneCreated     time.Time
+	)
+	_, err = pgx.ForEachRow(rows, []any{&doneID, &doneTok, &doneCreated}, func() error {
+		dones = append(dones, completion{doneID, doneTok, doneCreated.UnixMicro()})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("faultlab: check completions: %w", err)
+	}
+	l.mu.Lock()
+	execs := make([]Execution, len(l.execs))
+	for i, e := range l.execs {
+		execs[i] = *e
+	}
+	l.mu.Unlock()
+	rep.Executions = len(execs)
 	type ident struct{ id, created int64 }
 	byBatch := map[ident][]Execution{}
 	byKey := map[string][]Execution{}
@@ -106,28 +128,16 @@ LEFT JOIN `+s("batch_key")+` k ON k.queue = $1 AND k.idempotency_key = u.key`, l
 		byBatch[ident{e.BatchID, e.Created}] = append(byBatch[ident{e.BatchID, e.Created}], e)
 		byKey[e.Key] = append(byKey[e.Key], e)
 	}
-	rows, err = final.Query(ctx, `SELECT id, lease_token, created_at FROM `+s("batch_done")+` WHERE queue = $1`, l.cfg.Queue)
-	if err != nil {
-		return nil, fmt.Errorf("faultlab: check completions: %w", err)
-	}
-	var (
-		doneID, doneTok int64
-		doneCreated     time.Time
-	)
-	_, err = pgx.ForEachRow(rows, []any{&doneID, &doneTok, &doneCreated}, func() error {
-		es := byBatch[ident{doneID, doneCreated.UnixMicro()}]
+	for _, d := range dones {
+		es := byBatch[ident{d.id, d.created}]
 		if len(es) == 0 {
 			rep.StaleCompletions++ // completed, but no handler ever ran it
-			return nil
+			continue
 		}
 		latest := slices.MaxFunc(es, func(a, b Execution) int { return a.Start.Compare(b.Start) })
-		if latest.Token != doneTok {
+		if latest.Token != d.token {
 			rep.StaleCompletions++
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("faultlab: check completions: %w", err)
 	}
 
 	now := time.Now()

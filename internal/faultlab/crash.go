@@ -107,7 +107,7 @@ func CrashWorker(ctx context.Context, c *Cluster, l *Load) (time.Duration, error
 		mu   sync.Mutex
 		held []*Execution
 	)
-	first := make(chan int64, 1)
+	first := make(chan string, 1)
 	scanned := make(chan struct{})
 	go func() {
 		defer close(scanned)
@@ -126,7 +126,7 @@ func CrashWorker(ctx context.Context, c *Cluster, l *Load) (time.Duration, error
 			held = append(held, e)
 			mu.Unlock()
 			select {
-			case first <- id:
+			case first <- e.Key:
 			default:
 			}
 		}
@@ -143,7 +143,7 @@ func CrashWorker(ctx context.Context, c *Cluster, l *Load) (time.Duration, error
 		mu.Unlock()
 		return at
 	}
-	var victim int64
+	var victim string // by key: a commit loss meanwhile can renumber batches
 	t := time.NewTimer(30 * time.Second)
 	defer t.Stop()
 	select {
@@ -156,9 +156,12 @@ func CrashWorker(ctx context.Context, c *Cluster, l *Load) (time.Duration, error
 		return 0, ctx.Err()
 	}
 	killed := kill()
+	q := `SELECT EXISTS (SELECT 1 FROM ` + l.table("batch_key") + ` k JOIN ` + l.table("batch_done") + ` d ON d.id = k.batch_id
+		WHERE k.queue = $1 AND k.idempotency_key = $2)`
 	err = poll(ctx, 30*time.Second, "the killed worker's batch to be completed by another", func() (bool, error) {
-		done, err := l.Client.Completed(ctx, victim)
-		return err == nil && done, nil
+		var done bool
+		err := c.Direct(c.Writer()).QueryRow(ctx, q, l.cfg.Queue, victim).Scan(&done)
+		return err == nil && done, nil // the writer may be changing; the deadline bounds it
 	})
 	return time.Since(killed), err
 }
