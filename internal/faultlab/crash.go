@@ -82,11 +82,26 @@ func CrashWorkerMain() int {
 // CrashWorker starts a worker process on the endpoint, SIGKILLs it once it holds a batch, and
 // waits until another worker of the load completed that batch (its lease, CrashLease, has to
 // expire first). It returns how long after the kill that was. The worker's executions are
-// recorded in the load (ending at the kill).
+// recorded in the load (ending at the kill). A worker that exits before it holds a batch (its
+// runner fails fast while a failover is under way) is started again, for at most 30 s.
 func CrashWorker(ctx context.Context, c *Cluster, l *Load) (time.Duration, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		took, started, err := crashOnce(ctx, c, l, time.Until(deadline))
+		if started || time.Now().After(deadline) || ctx.Err() != nil {
+			return took, err
+		}
+		if err := pause(ctx, 500*time.Millisecond); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// crashOnce is one worker process; started reports whether it got to hold a batch.
+func crashOnce(ctx context.Context, c *Cluster, l *Load, within time.Duration) (took time.Duration, started bool, err error) {
 	self, err := os.Executable()
 	if err != nil {
-		return 0, err
+		return 0, true, err
 	}
 	cmd := exec.Command(self, "-test.run=^$")
 	cmd.Env = append(os.Environ(), CrashWorkerEnv+"=1",
@@ -97,11 +112,11 @@ func CrashWorker(ctx context.Context, c *Cluster, l *Load) (time.Duration, error
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlives us
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return 0, err
+		return 0, true, err
 	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		return 0, err
+		return 0, true, err
 	}
 	var (
 		mu   sync.Mutex
@@ -144,16 +159,19 @@ func CrashWorker(ctx context.Context, c *Cluster, l *Load) (time.Duration, error
 		return at
 	}
 	var victim string // by key: a commit loss meanwhile can renumber batches
-	t := time.NewTimer(30 * time.Second)
+	t := time.NewTimer(max(within, time.Second))
 	defer t.Stop()
 	select {
 	case victim = <-first:
+	case <-scanned: // exited on its own, before holding a batch
+		kill()
+		return 0, false, fmt.Errorf("faultlab: the crash worker exited before it held a batch")
 	case <-t.C:
 		kill()
-		return 0, fmt.Errorf("faultlab: the crash worker did not start a batch within 30s")
+		return 0, true, fmt.Errorf("faultlab: the crash worker did not start a batch within 30s")
 	case <-ctx.Done():
 		kill()
-		return 0, ctx.Err()
+		return 0, true, ctx.Err()
 	}
 	killed := kill()
 	q := `SELECT EXISTS (SELECT 1 FROM ` + l.table("batch_key") + ` k JOIN ` + l.table("batch_done") + ` d ON d.id = k.batch_id
@@ -163,5 +181,5 @@ func CrashWorker(ctx context.Context, c *Cluster, l *Load) (time.Duration, error
 		err := c.Direct(c.Writer()).QueryRow(ctx, q, l.cfg.Queue, victim).Scan(&done)
 		return err == nil && done, nil // the writer may be changing; the deadline bounds it
 	})
-	return time.Since(killed), err
+	return time.Since(killed), true, err
 }
