@@ -20,7 +20,7 @@ type Report struct {
 	LostKeys   []string
 	Executions int
 	// StaleCompletions are completions on record whose token is not the token of the batch's
-	// latest claim (or of a batch no handler ever ran).
+	// latest claim at the time of the completion (done_at), or of a batch no handler ran.
 	StaleCompletions int
 	// Duplicates are batches (by key) whose handler ran more than once; DuplicateAt holds,
 	// for each, when the second run started.
@@ -97,8 +97,11 @@ LEFT JOIN `+s("batch_key")+` k ON k.queue = $1 AND k.idempotency_key = u.key`, l
 
 	// Completions first, executions after: a handler records its start before it can
 	// complete, so every completion read here has its executions in the snapshot below.
-	type completion struct{ id, token, created int64 }
-	rows, err = final.Query(ctx, `SELECT id, lease_token, created_at FROM `+s("batch_done")+` WHERE queue = $1`, l.cfg.Queue)
+	type completion struct {
+		id, token, created int64
+		at                 time.Time
+	}
+	rows, err = final.Query(ctx, `SELECT id, lease_token, created_at, done_at FROM `+s("batch_done")+` WHERE queue = $1`, l.cfg.Queue)
 	if err != nil {
 		return nil, fmt.Errorf("faultlab: check completions: %w", err)
 	}
@@ -106,9 +109,10 @@ LEFT JOIN `+s("batch_key")+` k ON k.queue = $1 AND k.idempotency_key = u.key`, l
 		dones           []completion
 		doneID, doneTok int64
 		doneCreated     time.Time
+		doneAt          time.Time
 	)
-	_, err = pgx.ForEachRow(rows, []any{&doneID, &doneTok, &doneCreated}, func() error {
-		dones = append(dones, completion{doneID, doneTok, doneCreated.UnixMicro()})
+	_, err = pgx.ForEachRow(rows, []any{&doneID, &doneTok, &doneCreated, &doneAt}, func() error {
+		dones = append(dones, completion{doneID, doneTok, doneCreated.UnixMicro(), doneAt})
 		return nil
 	})
 	if err != nil {
@@ -129,14 +133,17 @@ LEFT JOIN `+s("batch_key")+` k ON k.queue = $1 AND k.idempotency_key = u.key`, l
 		byKey[e.Key] = append(byKey[e.Key], e)
 	}
 	for _, d := range dones {
-		es := byBatch[ident{d.id, d.created}]
-		if len(es) == 0 {
-			rep.StaleCompletions++ // completed, but no handler ever ran it
-			continue
+		// The latest claim when the completion was made: executions that started later
+		// (after a commit loss, on a history the final writer does not have) are
+		// duplicates, not a reason to call this completion stale.
+		var latest *Execution
+		for i, e := range byBatch[ident{d.id, d.created}] {
+			if !e.Start.After(d.at) && (latest == nil || e.Start.After(latest.Start)) {
+				latest = &byBatch[ident{d.id, d.created}][i]
+			}
 		}
-		latest := slices.MaxFunc(es, func(a, b Execution) int { return a.Start.Compare(b.Start) })
-		if latest.Token != d.token {
-			rep.StaleCompletions++
+		if latest == nil || latest.Token != d.token {
+			rep.StaleCompletions++ // no handler ran it, or another claim was the latest
 		}
 	}
 
