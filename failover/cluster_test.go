@@ -2,9 +2,6 @@ package failover_test
 
 import (
 	"context"
-	"net"
-	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,35 +12,30 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/skiplock/skiplock/failover"
+	"github.com/skiplock/skiplock/internal/faultlab"
 	"github.com/skiplock/skiplock/internal/pgtest"
-	"github.com/skiplock/skiplock/migrations"
 )
 
-// cluster is a primary and a streaming replica behind a proxy that stands
-// in for the cluster endpoint.
+// cluster is a faultlab cluster (a primary and a streaming replica behind a
+// proxy that stands in for the cluster endpoint) with test-failing helpers.
 type cluster struct {
+	*faultlab.Cluster
 	t      testing.TB
 	nodes  [2]*pgtest.Server
 	proxy  *pgtest.Proxy
 	schema string
-
-	mu     sync.Mutex
-	events []failover.Event
 }
 
-const testSchema = "skiplock"
+const testSchema = faultlab.SchemaDefault
 
-func newCluster(t testing.TB) *cluster {
+func newCluster(t testing.TB) *cluster { return newClusterWith(t, nil) }
+
+func newClusterWith(t testing.TB, opts *pgtest.Options) *cluster {
 	t.Helper()
-	a, b := pgtest.NewPair(t, nil)
-	c := &cluster{t: t, nodes: [2]*pgtest.Server{a, b}, schema: testSchema}
-	c.proxy = pgtest.NewTestProxy(t, c.addr(0))
-	pool := c.direct(0)
-	m, err := migrations.New(pool, &migrations.Config{Schema: c.schema})
+	lab, err := faultlab.StartCluster(ctxFor(t, 3*time.Minute), &faultlab.ClusterConfig{Schema: testSchema, Options: opts, Logf: t.Logf})
 	require.NoError(t, err)
-	_, err = m.Up(ctxFor(t, time.Minute))
-	require.NoError(t, err)
-	return c
+	t.Cleanup(lab.Close)
+	return &cluster{Cluster: lab, t: t, nodes: lab.Nodes, proxy: lab.Proxy, schema: testSchema}
 }
 
 func ctxFor(t testing.TB, d time.Duration) context.Context {
@@ -52,9 +44,7 @@ func ctxFor(t testing.TB, d time.Duration) context.Context {
 	return ctx
 }
 
-func (c *cluster) addr(i int) string {
-	return net.JoinHostPort(c.nodes[i].Host(), strconv.Itoa(c.nodes[i].Port()))
-}
+func (c *cluster) addr(i int) string { return c.Addr(i) }
 
 // direct returns a plain pool to node i, bypassing the endpoint.
 func (c *cluster) direct(i int) *pgxpool.Pool {
@@ -67,9 +57,8 @@ func (c *cluster) direct(i int) *pgxpool.Pool {
 
 // poolConfig is the endpoint's pgx configuration.
 func (c *cluster) poolConfig() *pgxpool.Config {
-	cfg, err := pgxpool.ParseConfig(c.proxy.ConnString("postgres"))
+	cfg, err := c.PoolConfig()
 	require.NoError(c.t, err)
-	cfg.MaxConns = 16
 	return cfg
 }
 
@@ -83,37 +72,18 @@ func testLogger(t testing.TB) *zap.Logger {
 // newPool returns a failover pool on the endpoint that records its events.
 func (c *cluster) newPool(edit func(*failover.Config)) *failover.Pool {
 	c.t.Helper()
-	cfg := &failover.Config{
-		PoolConfig:     c.poolConfig(),
-		Logger:         testLogger(c.t),
-		ProbeInterval:  250 * time.Millisecond,
-		RebuildBackoff: 200 * time.Millisecond,
-		OnEvent: func(e failover.Event) {
-			c.mu.Lock()
-			c.events = append(c.events, e)
-			c.mu.Unlock()
-		},
-	}
-	if edit != nil {
-		edit(cfg)
-	}
-	p, err := failover.New(ctxFor(c.t, 30*time.Second), cfg)
+	p, err := c.NewPool(ctxFor(c.t, 30*time.Second), func(cfg *failover.Config) {
+		cfg.Logger = testLogger(c.t)
+		if edit != nil {
+			edit(cfg)
+		}
+	})
 	require.NoError(c.t, err)
 	c.t.Cleanup(p.Close)
 	return p
 }
 
-func (c *cluster) eventsOf(kind failover.EventKind) []failover.Event {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []failover.Event
-	for _, e := range c.events {
-		if e.Kind == kind {
-			out = append(out, e)
-		}
-	}
-	return out
-}
+func (c *cluster) eventsOf(kind failover.EventKind) []failover.Event { return c.Events(kind) }
 
 // identity returns node i's identity as the failover package sees it.
 func (c *cluster) identity(i int) failover.Identity {
@@ -132,22 +102,5 @@ func (c *cluster) identity(i int) failover.Identity {
 // written, as a planned failover does before promoting.
 func (c *cluster) waitCaughtUp(p, r int) {
 	c.t.Helper()
-	ctx := ctxFor(c.t, 30*time.Second)
-	var lsn string
-	require.NoError(c.t, c.direct(p).QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn))
-	rp := c.direct(r)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		var ok bool
-		require.NoError(c.t, rp.QueryRow(ctx, "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", lsn).Scan(&ok))
-		if ok {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			c.t.Fatalf("replica did not catch up with %s", lsn)
-		case <-tick.C:
-		}
-	}
+	require.NoError(c.t, c.WaitCaughtUp(ctxFor(c.t, time.Minute), p, r))
 }

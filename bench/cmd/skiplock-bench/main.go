@@ -33,8 +33,9 @@ func main() {
 func run() int {
 	var (
 		preset    = flag.String("preset", "quick", "quick (a few minutes on 2 cores) or full")
-		duration  = flag.Duration("duration", 0, "soak duration; also scales the latency window (0: the preset's)")
-		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover (or all)")
+		duration  = flag.Duration("duration", 0, "soak duration; also scales the latency window; the chaos schedule's length (0: the preset's)")
+		seed      = flag.Int64("seed", 0, "chaos: seed of the randomized fault schedule (0: from the clock; printed, the same seed replays the schedule)")
+		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover, chaos (all: every one but chaos)")
 		dsn       = flag.String("dsn", "", "PostgreSQL connection string to measure on (default: start a throwaway server); the failover scenario always starts its own servers")
 		jsonPath  = flag.String("json", "", "write every figure as JSON to this file")
 		chartPath = flag.String("chart", "", "write the throughput chart (SVG) to this file")
@@ -65,6 +66,11 @@ func run() int {
 	if *duration > 0 {
 		cfg.SoakDuration = *duration
 		cfg.LatencyWindow = min(cfg.LatencyWindow, *duration)
+		cfg.ChaosDuration = *duration
+	}
+	cfg.ChaosSeed = *seed
+	if cfg.ChaosSeed == 0 {
+		cfg.ChaosSeed = time.Now().UnixNano() % 1_000_000
 	}
 	if *reps > 0 {
 		cfg.Reps = *reps

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/skiplock/skiplock/internal/faultlab"
 )
 
 // Scenario names, in the order they run.
@@ -18,10 +20,15 @@ const (
 	ScenarioLatency    = "latency"
 	ScenarioSoak       = "soak"
 	ScenarioFailover   = "failover"
+	ScenarioChaos      = "chaos"
 )
 
-// AllScenarios lists every scenario.
+// AllScenarios lists every scenario but chaos, which runs only when named
+// (it lasts ChaosDuration).
 var AllScenarios = []string{ScenarioEnqueue, ScenarioThroughput, ScenarioCeiling, ScenarioPeer, ScenarioLatency, ScenarioSoak, ScenarioFailover}
+
+// knownScenarios are the names ParseScenarios accepts.
+var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos)
 
 // Config is one run of the harness. Presets fill it; flags override fields.
 type Config struct {
@@ -60,6 +67,10 @@ type Config struct {
 	BlackholeWindow time.Duration
 	WorkerCrash     bool // include the worker-crash fault (re-executes this binary)
 
+	ChaosDuration time.Duration   // chaos: length of the randomized fault schedule
+	ChaosSeed     int64           // chaos: the schedule's seed (printed; the same seed replays it)
+	ChaosKinds    []faultlab.Kind // chaos: the fault kinds drawn from (nil: every kind)
+
 	Progress io.Writer // progress lines; nil discards them
 }
 
@@ -77,6 +88,8 @@ func Preset(name string) (*Config, error) {
 		PollInterval:     100 * time.Millisecond,
 		SoakWindow:       5 * time.Second,
 		WorkerCrash:      true,
+		ChaosDuration:    5 * time.Minute,
+		ChaosSeed:        1,
 	}
 	switch name {
 	case "quick":
@@ -117,8 +130,8 @@ func ParseScenarios(s string) ([]string, error) {
 	var out []string
 	for _, name := range strings.Split(s, ",") {
 		name = strings.TrimSpace(name)
-		if !slices.Contains(AllScenarios, name) {
-			return nil, fmt.Errorf("unknown scenario %q (known: %s)", name, strings.Join(AllScenarios, ", "))
+		if !slices.Contains(knownScenarios, name) {
+			return nil, fmt.Errorf("unknown scenario %q (known: %s)", name, strings.Join(knownScenarios, ", "))
 		}
 		if !slices.Contains(out, name) {
 			out = append(out, name)
@@ -136,6 +149,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("ClaimSizes and Workers must not be empty")
 	case c.DrainCap <= 0 || c.LatencyWindow <= 0 || c.SoakDuration <= 0 || c.SoakWindow <= 0:
 		return fmt.Errorf("durations must be positive")
+	case c.has(ScenarioChaos) && c.ChaosDuration < 30*time.Second:
+		return fmt.Errorf("ChaosDuration must be at least 30s")
 	case c.LatencyRate <= 0:
 		return fmt.Errorf("LatencyRate must be positive")
 	}

@@ -14,7 +14,11 @@
 //   - soak: producers and runners at full speed for a fixed time,
 //     throughput per window and the hot table's size and dead tuples;
 //   - failover: every fault kind on a fresh primary and replica behind a
-//     proxy, recovery times, lost, duplicates and stale completions.
+//     proxy, recovery times, lost, duplicates and stale completions
+//     (internal/faultlab's cluster, load, faults and invariant check);
+//   - chaos (only when named): faultlab's randomized fault schedule of
+//     -seed over -duration, faults survived by kind, lost, stale
+//     completions, duplicates per fault, recovery p50/p99/max.
 //
 // Every measurement starts from the same state (both systems' tables
 // truncated, the measured one prefilled, VACUUM ANALYZE); systems are

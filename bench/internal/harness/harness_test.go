@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/skiplock/skiplock/internal/faultlab"
 )
 
 func TestPercentile(t *testing.T) {
@@ -271,18 +273,49 @@ func TestSmoke(t *testing.T) {
 	// One fault under load, with the shared invariant check.
 	fcfg := *cfg
 	fcfg.BlackholeWindow = 300 * time.Millisecond
-	var blackhole faultFunc
+	var blackhole *faultKind
 	for _, k := range faultKinds(&fcfg) {
 		if k.name == "blackhole" {
-			blackhole = k.run
+			blackhole = &k
 		}
 	}
 	require.NotNil(t, blackhole)
-	run, out, err := oneFault(ctx, blackhole)
+	run, err := oneFault(ctx, blackhole.fault)
 	require.NoError(t, err)
-	require.Positive(t, out.acked)
-	require.Zero(t, out.lost)
-	require.Zero(t, out.staleCompletions)
-	require.Equal(t, out.acked, out.completed)
-	require.Len(t, run.recoveries, 1)
+	require.Positive(t, run.report.Acked)
+	require.Zero(t, run.report.Lost)
+	require.Zero(t, run.report.StaleCompletions)
+	require.Equal(t, run.report.Acked, run.report.Completed)
+	require.Len(t, run.outcome.Recoveries, 1)
+	require.NoError(t, run.recoveryErr)
+}
+
+// TestSmokeChaos runs a very short randomized schedule of two fault kinds
+// through the chaos scenario and checks its figures reach the report.
+func TestSmokeChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL servers")
+	}
+	cfg, err := Preset("quick")
+	require.NoError(t, err)
+	cfg.Scenarios = []string{ScenarioChaos}
+	cfg.ChaosDuration = 40 * time.Second
+	cfg.ChaosSeed = 7
+	cfg.ChaosKinds = []faultlab.Kind{faultlab.PlannedFailover, faultlab.Blackhole}
+	var progress bytes.Buffer
+	cfg.Progress = &progress
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, cfg)
+	require.NoError(t, err, "progress:\n%s", progress.String())
+	require.Contains(t, progress.String(), "schedule seed=7")
+	total, ok := rep.get(ScenarioChaos, SystemSkiplock, "faults_total")
+	require.True(t, ok)
+	require.Positive(t, total)
+	lost, ok := rep.get(ScenarioChaos, SystemSkiplock, "lost")
+	require.True(t, ok)
+	require.Zero(t, lost)
+	var table bytes.Buffer
+	require.NoError(t, rep.WriteTable(&table))
+	require.Contains(t, table.String(), "Chaos: randomized fault schedule, seed 7")
 }

@@ -83,6 +83,10 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 		prog.step("scenario failover (%d of each kind; own primary and replica per run)", cfg.FailoverRepeat)
 		fail(ScenarioFailover, runFailover(ctx, cfg, rep, prog))
 	}
+	if cfg.has(ScenarioChaos) && ctx.Err() == nil {
+		prog.step("scenario chaos (randomized fault schedule, seed %d, %s)", cfg.ChaosSeed, cfg.ChaosDuration)
+		fail(ScenarioChaos, runChaos(ctx, cfg, rep, prog))
+	}
 	if ctx.Err() != nil && firstErr == nil {
 		firstErr = ctx.Err()
 	}
@@ -204,6 +208,14 @@ func derive(rep *Report) {
 		check("failover: acknowledged batches lost", "= 0", lost, "batches", lost == 0)
 		stale, _ := rep.get(ScenarioFailover, SystemSkiplock, "total_stale_completions")
 		check("failover: stale-token completions accepted", "= 0", stale, "batches", stale == 0)
+	}
+	if lost, ok := rep.get(ScenarioChaos, SystemSkiplock, "lost"); ok {
+		check("chaos: acknowledged batches lost", "= 0", lost, "batches", lost == 0)
+		stale, _ := rep.get(ScenarioChaos, SystemSkiplock, "stale_completions")
+		check("chaos: stale-token completions accepted", "= 0", stale, "batches", stale == 0)
+		if p99, ok := rep.get(ScenarioChaos, SystemSkiplock, "recovery_p99_ms"); ok {
+			check("chaos: recovery p99 (writer reachable → first handler start)", "< 1000", p99, "ms", p99 < 1000)
+		}
 	}
 	if p99, ok := rep.get(ScenarioFailover, SystemSkiplock, "recovery_p99_ms"); ok {
 		check("failover: recovery p99 (writer reachable → first handler start)", "< 1000", p99, "ms", p99 < 1000)

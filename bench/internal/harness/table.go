@@ -24,6 +24,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	r.latencyTable(tw)
 	r.soakTable(tw)
 	r.failoverTable(tw)
+	r.chaosTable(tw)
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -330,4 +331,47 @@ func (r *Report) bestParams(sys string, s any) []any {
 		return out
 	}
 	return nil
+}
+
+func (r *Report) chaosTable(w io.Writer) {
+	if _, ok := r.get(ScenarioChaos, SystemSkiplock, "faults_total"); !ok {
+		return
+	}
+	var seed string
+	r.mu.Lock()
+	var kinds []string
+	for _, f := range r.Figures {
+		if f.Scenario == ScenarioChaos && f.Metric == "faults" {
+			kinds = append(kinds, fmt.Sprint(f.Params["kind"]))
+		}
+		if f.Scenario == ScenarioChaos && f.Metric == "faults_total" {
+			seed = fmt.Sprint(f.Params["seed"])
+		}
+	}
+	r.mu.Unlock()
+	fmt.Fprintf(w, "\nChaos: randomized fault schedule, seed %s (faultlab; 2 producers, 4 runners, failover.Pool behind a proxy)\n", seed)
+	fmt.Fprintln(w, "fault\tfaults\tfailed to inject\tduplicates\tduplicates per fault\t")
+	for _, k := range kinds {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t\n", k,
+			r.cell(ScenarioChaos, SystemSkiplock, "faults", "kind", k),
+			r.cell(ScenarioChaos, SystemSkiplock, "fault_errors", "kind", k),
+			r.cell(ScenarioChaos, SystemSkiplock, "duplicates", "kind", k),
+			r.cell(ScenarioChaos, SystemSkiplock, "duplicates_per_fault", "kind", k))
+	}
+	fmt.Fprintf(w, "faults survived %s; acked %s, lost %s, stale completions %s, completed twice %s, overlapping handlers %s; commits lost at promotion %s\n",
+		r.cell(ScenarioChaos, SystemSkiplock, "faults_total"),
+		r.cell(ScenarioChaos, SystemSkiplock, "acked"),
+		r.cell(ScenarioChaos, SystemSkiplock, "lost"),
+		r.cell(ScenarioChaos, SystemSkiplock, "stale_completions"),
+		r.cell(ScenarioChaos, SystemSkiplock, "done_twice"),
+		r.cell(ScenarioChaos, SystemSkiplock, "overlapping_handlers"),
+		r.cell(ScenarioChaos, SystemSkiplock, "commits_lost_at_promotion"))
+	fmt.Fprintf(w, "duplicates per fault: %s (faults that lose commits), %s (others), %s outside any fault; recovery p50 / p99 / max: %s / %s / %s ms (%s timeouts)\n",
+		r.cell(ScenarioChaos, SystemSkiplock, "duplicates_per_losing_fault"),
+		r.cell(ScenarioChaos, SystemSkiplock, "duplicates_per_other_fault"),
+		r.cell(ScenarioChaos, SystemSkiplock, "duplicates_without_fault"),
+		r.cell(ScenarioChaos, SystemSkiplock, "recovery_p50_ms"),
+		r.cell(ScenarioChaos, SystemSkiplock, "recovery_p99_ms"),
+		r.cell(ScenarioChaos, SystemSkiplock, "recovery_max_ms"),
+		r.cell(ScenarioChaos, SystemSkiplock, "recovery_timeouts"))
 }

@@ -1,0 +1,283 @@
+package faultlab
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/skiplock/skiplock/failover"
+	"github.com/skiplock/skiplock/internal/pgtest"
+)
+
+// ChaosConfig configures RunChaos.
+type ChaosConfig struct {
+	Seed     int64
+	Duration time.Duration
+	// Kinds drawn from. Defaults to AllKinds.
+	Kinds []Kind
+	// Load configures the load. Defaults to nil (LoadConfig defaults).
+	Load *LoadConfig
+	// Pool edits the endpoint's failover pool configuration. Defaults to none.
+	Pool func(*failover.Config)
+	// Logf receives the schedule and progress. Defaults to none.
+	Logf func(format string, args ...any)
+}
+
+// ChaosResult is what a randomized run found.
+type ChaosResult struct {
+	Schedule *Schedule
+	Outcomes []*Outcome
+	Checks   []*Report // one per quiet period, then the final one
+	Final    *Report
+
+	Faults       map[Kind]int // faults run, by kind
+	FaultErrors  map[Kind]int // faults that failed to run (overlap faults only; a topology error ends the run)
+	Lost         int          // the largest count of lost batches over all checks
+	Stale        int          // the largest count of stale completions over all checks
+	DoneTwice    int
+	Overlaps     int
+	Duplicates   map[Kind]int // duplicates attributed to the fault in progress ("" none)
+	DupLosing    int          // duplicates attributed to faults that lose commits
+	DupNotLosing int          // ...to other faults or none
+	FaultsLosing int          // faults of kinds that lose commits
+	CommitsLost  int          // acknowledged enqueues the new writers lacked at promotion (proof of real loss)
+
+	Recoveries       []time.Duration
+	RecoveryTimeouts int
+	RecoveryP50      time.Duration
+	RecoveryP99      time.Duration
+	RecoveryMax      time.Duration
+}
+
+// Broken reports a broken invariant: lost batches, stale completions, double completions.
+func (r *ChaosResult) Broken() bool { return r.Lost > 0 || r.Stale > 0 || r.DoneTwice > 0 }
+
+// String summarizes the result.
+func (r *ChaosResult) String() string {
+	return fmt.Sprintf("seed=%d faults=%v fault_errors=%v lost=%d stale_completions=%d done_twice=%d duplicates=%v (losing faults %d: %d, others: %d) overlaps=%d commits_lost=%d recovery p50=%s p99=%s max=%s timeouts=%d",
+		r.Schedule.Seed, r.Faults, r.FaultErrors, r.Lost, r.Stale, r.DoneTwice, r.Duplicates, r.FaultsLosing, r.DupLosing, r.DupNotLosing,
+		r.Overlaps, r.CommitsLost, r.RecoveryP50.Round(time.Millisecond), r.RecoveryP99.Round(time.Millisecond), r.RecoveryMax.Round(time.Millisecond), r.RecoveryTimeouts)
+}
+
+// RunChaos starts a cluster (with a password role when credential rotation is among the
+// kinds), a failover pool on the endpoint and the load, runs the schedule of cfg.Seed over
+// cfg.Duration, checks the invariants after every quiet period and at the end, and returns
+// the result. It returns an error when the run itself failed (a topology fault could not be
+// injected, a check could not run); a broken invariant is in the result.
+func RunChaos(ctx context.Context, cfg *ChaosConfig) (*ChaosResult, error) {
+	logf := cfg.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	sched := NewSchedule(cfg.Seed, cfg.Duration, cfg.Kinds)
+	logf("%s", sched)
+	rotate := slices.ContainsFunc(sched.Faults, func(f Fault) bool { return f.Kind == CredentialRotation })
+	var opts *pgtest.Options
+	if rotate {
+		opts = &pgtest.Options{PasswordRoles: []string{RoleDefault}}
+	}
+	c, err := StartCluster(ctx, &ClusterConfig{Options: opts, Logf: logf})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if rotate {
+		if err := c.EnableCredentials(ctx, RoleDefault); err != nil {
+			return nil, err
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, time.Minute) // setup: fail fast, not at ctx's end
+	defer cancel()
+	pool, err := c.NewPool(sctx, cfg.Pool)
+	if err != nil {
+		return nil, err
+	}
+	l, err := StartLoad(sctx, pool, cfg.Load)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Stop()
+	return Chaos(ctx, c, l, sched, logf)
+}
+
+// Chaos runs sched on a running cluster and load (see RunChaos) and finishes the load.
+func Chaos(ctx context.Context, c *Cluster, l *Load, sched *Schedule, logf func(string, ...any)) (*ChaosResult, error) {
+	res := &ChaosResult{Schedule: sched, Faults: map[Kind]int{}, FaultErrors: map[Kind]int{}, Duplicates: map[Kind]int{}}
+	start := time.Now()
+	var (
+		mu    sync.Mutex
+		quiet sync.RWMutex // overlap faults hold it shared; a quiet period exclusively
+		wg    sync.WaitGroup
+	)
+	add := func(o *Outcome) {
+		mu.Lock()
+		defer mu.Unlock()
+		res.Outcomes = append(res.Outcomes, o)
+		res.Faults[o.Fault.Kind]++
+		if o.Err != nil {
+			res.FaultErrors[o.Fault.Kind]++
+		}
+		res.CommitsLost += o.CommitsLost
+		logf("faultlab: %s done in %s: err=%v recoveries=%s commits_lost=%d", o.Fault, o.Restored.Sub(o.Began).Round(time.Millisecond), o.Err, fmtRecoveries(o.Recoveries), o.CommitsLost)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// The overlap lane: each fault in its own goroutine at its time.
+	for _, f := range sched.Faults {
+		if f.Kind.Topology() {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if pause(rctx, time.Until(start.Add(f.Start))) != nil {
+				return
+			}
+			quiet.RLock()
+			defer quiet.RUnlock()
+			if rctx.Err() != nil {
+				return
+			}
+			add(Run(rctx, c, l, f))
+		}()
+	}
+	// The topology lane, with the quiet periods, in this goroutine.
+	var runErr error
+	fi, qi := 0, 0
+	for runErr == nil && ctx.Err() == nil {
+		for fi < len(sched.Faults) && !sched.Faults[fi].Kind.Topology() {
+			fi++
+		}
+		if fi == len(sched.Faults) && qi == len(sched.Quiet) {
+			break
+		}
+		if qi < len(sched.Quiet) && (fi == len(sched.Faults) || sched.Quiet[qi] <= sched.Faults[fi].Start) {
+			_ = pause(ctx, time.Until(start.Add(sched.Quiet[qi])))
+			quiet.Lock()
+			logf("faultlab: quiet period %d", qi+1)
+			_ = pause(ctx, QuietPeriod)
+			rep, err := l.Check(ctx, c.Direct(c.Writer()), time.Now().Add(-QuietPeriod/2))
+			quiet.Unlock()
+			if err != nil {
+				runErr = err
+				break
+			}
+			logf("faultlab: check after quiet period %d: %s", qi+1, rep)
+			res.Checks = append(res.Checks, rep)
+			qi++
+			continue
+		}
+		f := sched.Faults[fi]
+		fi++
+		_ = pause(ctx, time.Until(start.Add(f.Start)))
+		o := Run(ctx, c, l, f)
+		add(o)
+		if o.Err != nil {
+			runErr = o.Err
+		}
+	}
+	if rest := time.Until(start.Add(sched.Duration)); runErr == nil && rest > 0 {
+		_ = pause(ctx, rest)
+	}
+	cancel()
+	wg.Wait()
+	if runErr != nil {
+		return res, fmt.Errorf("faultlab: chaos seed %d: %w", sched.Seed, runErr)
+	}
+	final, err := l.Finish(ctx, c.Direct(c.Writer()), 2*time.Minute)
+	if err != nil {
+		return res, err
+	}
+	logf("faultlab: final check: %s", final)
+	res.Final = final
+	res.Checks = append(res.Checks, final)
+	res.summarize(l.Config().Lease)
+	return res, nil
+}
+
+// summarize fills in the totals, attributes duplicates and computes recovery percentiles.
+func (r *ChaosResult) summarize(lease time.Duration) {
+	for _, rep := range r.Checks {
+		r.Lost = max(r.Lost, rep.Lost)
+		r.Stale = max(r.Stale, rep.StaleCompletions)
+		r.DoneTwice = max(r.DoneTwice, rep.DoneTwice)
+	}
+	r.Overlaps = r.Final.Overlaps
+	for _, o := range r.Outcomes {
+		if o.Fault.Kind.LosesCommits() {
+			r.FaultsLosing++
+		}
+		for _, rec := range o.Recoveries {
+			if rec.Err != nil {
+				r.RecoveryTimeouts++
+			}
+			r.Recoveries = append(r.Recoveries, r.ownRecovery(o, rec))
+		}
+	}
+	tail := lease + 2*time.Second // a duplicate shows up at most a lease after its fault
+	for _, at := range r.Final.DuplicateAt {
+		var by *Outcome
+		for _, o := range r.Outcomes {
+			if !at.Before(o.Began) && at.Before(o.Restored.Add(tail)) && (by == nil || o.Began.After(by.Began)) {
+				by = o
+			}
+		}
+		var k Kind
+		if by != nil {
+			k = by.Fault.Kind
+		}
+		r.Duplicates[k]++
+		if k.LosesCommits() {
+			r.DupLosing++
+		} else {
+			r.DupNotLosing++
+		}
+	}
+	r.RecoveryP50 = Percentile(r.Recoveries, 50)
+	r.RecoveryP99 = Percentile(r.Recoveries, 99)
+	r.RecoveryMax = Percentile(r.Recoveries, 100)
+}
+
+// ownRecovery is rec's recovery measured from when the writer was really reachable: if another
+// fault that blocks traffic (a blackhole, a topology fault) was still under way at rec's
+// reachable moment, from the end of that one instead.
+func (r *ChaosResult) ownRecovery(o *Outcome, rec Recovery) time.Duration {
+	eff := rec.Reachable
+	for changed := true; changed; {
+		changed = false
+		for _, o2 := range r.Outcomes {
+			blocks := o2.Fault.Kind.Topology() || o2.Fault.Kind == Blackhole
+			if o2 != o && blocks && !eff.Before(o2.Began) && eff.Before(o2.Ended) {
+				eff, changed = o2.Ended, true
+			}
+		}
+	}
+	return max(rec.Took-eff.Sub(rec.Reachable), 0)
+}
+
+// Percentile returns the p-th percentile (nearest rank) of ds, 0 for none.
+func Percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(float64(len(s))*p/100+0.5) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+func fmtRecoveries(rs []Recovery) string {
+	out := "["
+	for i, r := range rs {
+		if i > 0 {
+			out += ", "
+		}
+		out += fmt.Sprintf("%s %s", r.Phase, r.Took.Round(time.Millisecond))
+		if r.Err != nil {
+			out += " (none)"
+		}
+	}
+	return out + "]"
+}

@@ -1,0 +1,210 @@
+package faultlab
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Report is the outcome of the invariant check.
+type Report struct {
+	Acked      int // acknowledged keyed enqueues checked
+	Completed  int // of those, completed exactly once
+	Queued     int // of those, still in the batch table
+	Lost       int // of those, neither completed nor queued (or unknown to the writer)
+	DoneTwice  int // of those, completed more than once
+	LostKeys   []string
+	Executions int
+	// StaleCompletions are completions on record whose token is not the token of the batch's
+	// latest claim at the time of the completion (done_at), or of a batch no handler ran.
+	StaleCompletions int
+	// Duplicates are batches (by key) whose handler ran more than once; DuplicateAt holds,
+	// for each, when the second run started.
+	Duplicates  int
+	DuplicateAt []time.Time
+	// Overlaps are pairs of executions of one key that overlapped longer than the margin;
+	// MaxOverlap is the longest overlap seen (margin or not).
+	Overlaps   int
+	MaxOverlap time.Duration
+}
+
+// String is a one-line summary.
+func (r *Report) String() string {
+	return fmt.Sprintf("acked=%d completed=%d queued=%d lost=%d done_twice=%d stale_completions=%d duplicates=%d overlaps=%d max_overlap=%s executions=%d",
+		r.Acked, r.Completed, r.Queued, r.Lost, r.DoneTwice, r.StaleCompletions, r.Duplicates, r.Overlaps, r.MaxOverlap.Round(time.Millisecond), r.Executions)
+}
+
+// Broken reports whether an invariant is broken: a lost batch, a batch completed twice, or a
+// stale completion. Duplicates and overlaps are reported, not judged here.
+func (r *Report) Broken() bool { return r.Lost > 0 || r.DoneTwice > 0 || r.StaleCompletions > 0 }
+
+// Check checks the invariants on final, the writer, for every enqueue acknowledged before
+// cutoff (zero: all): each ends completed exactly once (batch_done) or is still queued (batch
+// table), else it is LOST; no completion on record was made by a token other than the
+// batch's latest claim; duplicates and overlapping handlers are counted. Check reads only; it
+// can run while the load runs (a quiet-period check) or after Finish.
+func (l *Load) Check(ctx context.Context, final *pgxpool.Pool, cutoff time.Time) (*Report, error) {
+	l.mu.Lock()
+	keys := make([]string, 0, len(l.acked))
+	for k, at := range l.acked {
+		if cutoff.IsZero() || at.Before(cutoff) {
+			keys = append(keys, k)
+		}
+	}
+	l.mu.Unlock()
+	slices.Sort(keys)
+	s := func(t string) string { return pgx.Identifier{l.cfg.Schema, t}.Sanitize() }
+	rep := &Report{Acked: len(keys)}
+
+	rows, err := final.Query(ctx, `
+SELECT u.key, k.batch_id,
+    (SELECT count(*) FROM `+s("batch_done")+` d WHERE d.id = k.batch_id),
+    EXISTS (SELECT 1 FROM `+s("batch")+` b WHERE b.id = k.batch_id)
+FROM unnest($2::text[]) AS u(key)
+LEFT JOIN `+s("batch_key")+` k ON k.queue = $1 AND k.idempotency_key = u.key`, l.cfg.Queue, keys)
+	if err != nil {
+		return nil, fmt.Errorf("faultlab: check acknowledged batches: %w", err)
+	}
+	var (
+		key    string
+		id     *int64
+		done   int
+		queued bool
+	)
+	_, err = pgx.ForEachRow(rows, []any{&key, &id, &done, &queued}, func() error {
+		switch {
+		case id == nil, done == 0 && !queued:
+			rep.Lost++
+			if len(rep.LostKeys) < 10 {
+				rep.LostKeys = append(rep.LostKeys, key)
+			}
+		case done > 1:
+			rep.DoneTwice++
+		case done == 1:
+			rep.Completed++
+		default:
+			rep.Queued++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("faultlab: check acknowledged batches: %w", err)
+	}
+
+	// Completions first, executions after: a handler records its start before it can
+	// complete, so every completion read here has its executions in the snapshot below.
+	type completion struct {
+		id, token, created int64
+		at                 time.Time
+	}
+	rows, err = final.Query(ctx, `SELECT id, lease_token, created_at, done_at FROM `+s("batch_done")+` WHERE queue = $1`, l.cfg.Queue)
+	if err != nil {
+		return nil, fmt.Errorf("faultlab: check completions: %w", err)
+	}
+	var (
+		dones           []completion
+		doneID, doneTok int64
+		doneCreated     time.Time
+		doneAt          time.Time
+	)
+	_, err = pgx.ForEachRow(rows, []any{&doneID, &doneTok, &doneCreated, &doneAt}, func() error {
+		dones = append(dones, completion{doneID, doneTok, doneCreated.UnixMicro(), doneAt})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("faultlab: check completions: %w", err)
+	}
+	l.mu.Lock()
+	execs := make([]Execution, len(l.execs))
+	for i, e := range l.execs {
+		execs[i] = *e
+	}
+	l.mu.Unlock()
+	rep.Executions = len(execs)
+	type ident struct{ id, created int64 }
+	byBatch := map[ident][]Execution{}
+	byKey := map[string][]Execution{}
+	for _, e := range execs {
+		byBatch[ident{e.BatchID, e.Created}] = append(byBatch[ident{e.BatchID, e.Created}], e)
+		byKey[e.Key] = append(byKey[e.Key], e)
+	}
+	for _, d := range dones {
+		// The latest claim when the completion was made: executions that started later
+		// (after a commit loss, on a history the final writer does not have) are
+		// duplicates, not a reason to call this completion stale.
+		var latest *Execution
+		for i, e := range byBatch[ident{d.id, d.created}] {
+			if !e.Start.After(d.at) && (latest == nil || e.Start.After(latest.Start)) {
+				latest = &byBatch[ident{d.id, d.created}][i]
+			}
+		}
+		if latest == nil || latest.Token != d.token {
+			rep.StaleCompletions++ // no handler ran it, or another claim was the latest
+		}
+	}
+
+	now := time.Now()
+	for _, es := range byKey {
+		if len(es) < 2 {
+			continue
+		}
+		slices.SortFunc(es, func(a, b Execution) int { return a.Start.Compare(b.Start) })
+		rep.Duplicates++
+		rep.DuplicateAt = append(rep.DuplicateAt, es[1].Start)
+		for i := range es {
+			endI := es[i].End
+			if endI.IsZero() {
+				endI = now
+			}
+			for j := i + 1; j < len(es); j++ {
+				if !es[j].Start.Before(endI) {
+					break
+				}
+				endJ := es[j].End
+				if endJ.IsZero() {
+					endJ = now
+				}
+				ov := minTime(endI, endJ).Sub(es[j].Start)
+				rep.MaxOverlap = max(rep.MaxOverlap, ov)
+				if ov > l.cfg.OverlapMargin {
+					rep.Overlaps++
+				}
+			}
+		}
+	}
+	slices.SortFunc(rep.DuplicateAt, time.Time.Compare)
+	return rep, nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// Finish stops the producers, lets the runners drain every acknowledged batch on final (the
+// writer; at most drain), stops the runners, and checks the invariants there.
+func (l *Load) Finish(ctx context.Context, final *pgxpool.Pool, drain time.Duration) (*Report, error) {
+	l.StopProducers()
+	q := `SELECT count(*) FROM ` + pgx.Identifier{l.cfg.Schema, "batch"}.Sanitize() + ` WHERE queue = $1 AND state <> 'dead'`
+	_ = poll(ctx, drain, "the drain of acknowledged batches", func() (bool, error) {
+		var n int
+		if err := final.QueryRow(ctx, q, l.cfg.Queue).Scan(&n); err != nil {
+			return false, nil // the writer may be briefly unreachable; the deadline bounds it
+		}
+		return n == 0, nil
+	})
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	for _, r := range l.Runners {
+		if err := r.Stop(sctx); err != nil {
+			return nil, fmt.Errorf("faultlab: stop runner: %w", err)
+		}
+	}
+	return l.Check(ctx, final, time.Time{})
+}
