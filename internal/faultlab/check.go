@@ -19,8 +19,9 @@ type Report struct {
 	DoneTwice  int // of those, completed more than once
 	LostKeys   []string
 	Executions int
-	// StaleCompletions are completions on record whose token is not the token of the batch's
-	// latest claim at the time of the completion (done_at), or of a batch no handler ran.
+	// StaleCompletions are completions on record that no run of the batch made under the
+	// token on record, or whose run had been overtaken by another claim of the batch while
+	// it still ran (see Check).
 	StaleCompletions int
 	// Duplicates are batches (by key) whose handler ran more than once; DuplicateAt holds,
 	// for each, when the second run started.
@@ -44,8 +45,9 @@ func (r *Report) Broken() bool { return r.Lost > 0 || r.DoneTwice > 0 || r.Stale
 
 // Check checks the invariants on final, the writer, for every enqueue acknowledged before
 // cutoff (zero: all): each ends completed exactly once (batch_done) or is still queued (batch
-// table), else it is LOST; no completion on record was made by a token other than the
-// batch's latest claim; duplicates and overlapping handlers are counted. Check reads only; it
+// table), else it is LOST; every completion on record was made by a run of the batch (by id
+// or by key) under the token on record, and no other claim of the batch began while that run
+// still held it (a stale completion); duplicates and overlapping handlers are counted. Check reads only; it
 // can run while the load runs (a quiet-period check) or after Finish.
 func (l *Load) Check(ctx context.Context, final *pgxpool.Pool, cutoff time.Time) (*Report, error) {
 	l.mu.Lock()
@@ -100,8 +102,11 @@ LEFT JOIN `+s("batch_key")+` k ON k.queue = $1 AND k.idempotency_key = u.key`, l
 	type completion struct {
 		id, token, created int64
 		at                 time.Time
+		key                string
 	}
-	rows, err = final.Query(ctx, `SELECT id, lease_token, created_at, done_at FROM `+s("batch_done")+` WHERE queue = $1`, l.cfg.Queue)
+	rows, err = final.Query(ctx, `SELECT d.id, d.lease_token, d.created_at, d.done_at, coalesce(k.idempotency_key, '')
+FROM `+s("batch_done")+` d LEFT JOIN `+s("batch_key")+` k ON k.queue = d.queue AND k.batch_id = d.id
+WHERE d.queue = $1`, l.cfg.Queue)
 	if err != nil {
 		return nil, fmt.Errorf("faultlab: check completions: %w", err)
 	}
@@ -110,9 +115,10 @@ LEFT JOIN `+s("batch_key")+` k ON k.queue = $1 AND k.idempotency_key = u.key`, l
 		doneID, doneTok int64
 		doneCreated     time.Time
 		doneAt          time.Time
+		doneKey         string
 	)
-	_, err = pgx.ForEachRow(rows, []any{&doneID, &doneTok, &doneCreated, &doneAt}, func() error {
-		dones = append(dones, completion{doneID, doneTok, doneCreated.UnixMicro(), doneAt})
+	_, err = pgx.ForEachRow(rows, []any{&doneID, &doneTok, &doneCreated, &doneAt, &doneKey}, func() error {
+		dones = append(dones, completion{doneID, doneTok, doneCreated.UnixMicro(), doneAt, doneKey})
 		return nil
 	})
 	if err != nil {
@@ -133,17 +139,33 @@ LEFT JOIN `+s("batch_key")+` k ON k.queue = $1 AND k.idempotency_key = u.key`, l
 		byKey[e.Key] = append(byKey[e.Key], e)
 	}
 	for _, d := range dones {
-		// The latest claim when the completion was made: executions that started later
-		// (after a commit loss, on a history the final writer does not have) are
-		// duplicates, not a reason to call this completion stale.
-		var latest *Execution
-		for i, e := range byBatch[ident{d.id, d.created}] {
-			if !e.Start.After(d.at) && (latest == nil || e.Start.After(latest.Start)) {
-				latest = &byBatch[ident{d.id, d.created}][i]
+		// The runs of this batch: by id and creation time, and by key (a
+		// completion re-asserted after a failover can be on record under the id
+		// the batch has on the final writer, or under a fresh one).
+		runs := slices.Clone(byBatch[ident{d.id, d.created}])
+		if d.key != "" {
+			for _, e := range byKey[d.key] {
+				if e.BatchID != d.id || e.Created != d.created {
+					runs = append(runs, e)
+				}
 			}
 		}
-		if latest == nil || latest.Token != d.token {
-			rep.StaleCompletions++ // no handler ran it, or another claim was the latest
+		i := slices.IndexFunc(runs, func(e Execution) bool { return e.Token == d.token })
+		if i < 0 {
+			rep.StaleCompletions++ // no handler ran under the token on record
+			continue
+		}
+		// Stale: another claim of the batch began while this run's handler was
+		// still running, and before the completion was recorded — the run had
+		// lost its lease and its completion was accepted all the same. A run
+		// that ended before the next claim began (its completion lost with a
+		// writer and re-asserted later) is not stale.
+		own := runs[i]
+		for _, e := range runs {
+			if e.Token != d.token && e.Start.After(own.Start) && !own.End.IsZero() && e.Start.Before(own.End) && e.Start.Before(d.at) {
+				rep.StaleCompletions++
+				break
+			}
 		}
 	}
 

@@ -85,8 +85,11 @@ func NewSchedule(seed int64, d time.Duration, kinds []Kind) *Schedule {
 		k := topo[r.IntN(len(topo))]
 		lo, hi := windowRange(k)
 		w := draw(r, lo, hi)
-		if k == CommitLoss && r.IntN(4) == 0 { // slow detection: the endpoint moves 30 or 60 s late
+		switch {
+		case k == CommitLoss && r.IntN(2) == 0: // slow detection: the endpoint moves 30 or 60 s late
 			w = []time.Duration{30 * time.Second, 60 * time.Second}[r.IntN(2)]
+		case k == StaleEndpoint && r.IntN(4) == 0: // a slow endpoint move (Patroni's TTL, DNS)
+			w = draw(r, 30*time.Second, 45*time.Second)
 		}
 		s.Faults = append(s.Faults, Fault{Kind: k, Start: t, Window: w})
 		t += w + topologyOverhead + draw(r, 2*time.Second, 8*time.Second)
