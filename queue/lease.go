@@ -117,11 +117,7 @@ func (c *Client) releaseLostClaims(ctx context.Context, queue string, tokens []i
 	err := c.retry(ctx, "release lost claims", true, func(ctx context.Context) error {
 		ctx, cancel := c.opContext(ctx)
 		defer cancel()
-		rows, err := c.db.Query(ctx, c.sql.releaseTokens, tokens)
-		if err != nil {
-			return err
-		}
-		ids, err := idSet(rows)
+		ids, err := idSet(c.db.Query(ctx, c.sql.releaseTokens, tokens))
 		n = len(ids)
 		return err
 	})
@@ -249,11 +245,7 @@ func (c *Client) complete(ctx context.Context, q querier, refs []Ref) ([]Ref, er
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	ids, tokens := refArrays(refs)
-	rows, err := q.Query(ctx, c.sql.complete, ids, tokens)
-	if err != nil {
-		return nil, fmt.Errorf("complete %d batches: %w", len(refs), err)
-	}
-	done, err := idSet(rows)
+	done, err := idSet(q.Query(ctx, c.sql.complete, ids, tokens))
 	if err != nil {
 		return nil, fmt.Errorf("complete %d batches: %w", len(refs), err)
 	}
@@ -287,22 +279,15 @@ func (c *Client) completeRepeat(ctx context.Context, q querier, refs []Ref) ([]R
 	return missing(refs, repeated), nil
 }
 
-func idSet(rows pgx.Rows) (map[int64]bool, error) {
-	set := map[int64]bool{}
-	var id int64
-	_, err := pgx.ForEachRow(rows, []any{&id}, func() error {
-		set[id] = true
-		return nil
-	})
-	return set, err
-}
-
 // Failure is one failed batch for FailMany.
 type Failure struct {
 	Ref Ref
 	// Err is recorded as the batch's last error (truncated to
 	// batch.MaxLastErrorBytes). An error wrapped with Permanent dead-letters
-	// the batch at once.
+	// the batch at once. Err's methods are not trusted: an Error or Unwrap
+	// that panics (a nil *T returned as error) or does not return within
+	// ErrorTextTimeout records a placeholder text naming Err's type instead
+	// of panicking or blocking the caller.
 	Err error
 	// RetryAfter overrides the computed retry delay when positive.
 	RetryAfter time.Duration
@@ -341,7 +326,8 @@ func (c *Client) FailTx(ctx context.Context, tx pgx.Tx, ref Ref, cause error) (d
 	if tx == nil {
 		return false, argError("fail", "tx", "nil")
 	}
-	res, err := c.fail(ctx, tx, []Failure{{Ref: ref, Err: cause}})
+	text, perm := describeError(cause)
+	res, err := c.fail(ctx, tx, []failRow{{Ref: ref, Text: text, Permanent: perm}})
 	if err != nil {
 		return false, err
 	}
@@ -359,75 +345,44 @@ func (c *Client) FailMany(ctx context.Context, fs []Failure) (FailResult, error)
 	if len(fs) == 0 {
 		return FailResult{}, nil
 	}
+	// The error text is computed once, before any round trip, without
+	// trusting the errors (see describeError): an Error method that panics
+	// or blocks gives a placeholder text instead of a panic or a hang here.
+	rows := make([]failRow, len(fs))
+	for i, f := range fs {
+		text, perm := describeError(f.Err)
+		rows[i] = failRow{Ref: f.Ref, Text: text, Permanent: perm, RetryAfter: f.RetryAfter}
+	}
 	var res FailResult
 	err := c.retry(ctx, "fail", true, func(ctx context.Context) error {
 		var err error
-		res, err = c.fail(ctx, c.db, fs)
+		res, err = c.fail(ctx, c.db, rows)
 		return err
 	})
 	return res, err
 }
 
-func (c *Client) fail(ctx context.Context, q querier, fs []Failure) (FailResult, error) {
-	n := len(fs)
+func (c *Client) fail(ctx context.Context, q querier, rows []failRow) (FailResult, error) {
+	n := len(rows)
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
-	rows, err := q.Query(ctx, c.sql.fail, c.failArgs(fs)...)
+	failed, err := failedSet(q.Query(ctx, c.sql.fail, c.failArgs(rows)...))
 	if err != nil {
 		return FailResult{}, fmt.Errorf("fail %d batches: %w", n, err)
 	}
 	var res FailResult
-	applied := map[int64]bool{}
-	var id int64
-	var dead bool
-	_, err = pgx.ForEachRow(rows, []any{&id, &dead}, func() error {
-		applied[id] = true
-		if dead {
-			res.Dead = append(res.Dead, id)
-		} else {
-			res.Retried = append(res.Retried, id)
-		}
-		return nil
-	})
-	if err != nil {
-		return FailResult{}, fmt.Errorf("fail %d batches: %w", n, err)
-	}
-	for _, f := range fs {
-		if !applied[f.Ref.ID] {
+	for _, f := range rows {
+		dead, ok := failed[f.Ref.ID]
+		switch {
+		case !ok:
 			res.Lost = append(res.Lost, f.Ref)
+		case dead:
+			res.Dead = append(res.Dead, f.Ref.ID)
+		default:
+			res.Retried = append(res.Retried, f.Ref.ID)
 		}
 	}
 	return res, nil
-}
-
-// failArgs returns the parameters of the fail statement for fs, sorted by
-// batch id.
-func (c *Client) failArgs(fs []Failure) []any {
-	sorted := slices.Clone(fs)
-	slices.SortFunc(sorted, func(a, b Failure) int { return cmp.Compare(a.Ref.ID, b.Ref.ID) })
-	n := len(sorted)
-	ids, tokens := make([]int64, n), make([]int64, n)
-	msgs, perm := make([]string, n), make([]bool, n)
-	delays := make([]*int64, n)
-	for i, f := range sorted {
-		ids[i], tokens[i] = f.Ref.ID, f.Ref.Token
-		msgs[i] = errorText(f.Err)
-		perm[i] = IsPermanent(f.Err)
-		if f.RetryAfter > 0 {
-			us := f.RetryAfter.Microseconds()
-			delays[i] = &us
-		}
-	}
-	return []any{ids, tokens, msgs, perm, c.cfg.RetryBase.Microseconds(), c.cfg.RetryMax.Microseconds(), delays}
-}
-
-// errorText is the last_error stored for err: batch.TruncateError makes it
-// storable (valid UTF-8, no NUL bytes) and at most batch.MaxLastErrorBytes.
-func errorText(err error) string {
-	if err == nil {
-		return "failed without an error"
-	}
-	return batch.TruncateError(err.Error())
 }
 
 // Extend renews a lease: it now expires lease from the database's now. It
@@ -494,11 +449,7 @@ func (c *Client) updateLeasesOnce(ctx context.Context, q querier, op, query stri
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	ids, tokens := refArrays(refs)
-	rows, err := q.Query(ctx, query, append([]any{ids, tokens}, extra...)...)
-	if err != nil {
-		return nil, fmt.Errorf("%s %d batches: %w", op, len(refs), err)
-	}
-	applied, err := idSet(rows)
+	applied, err := idSet(q.Query(ctx, query, append([]any{ids, tokens}, extra...)...))
 	if err != nil {
 		return nil, fmt.Errorf("%s %d batches: %w", op, len(refs), err)
 	}

@@ -14,9 +14,16 @@ import (
 // attempt or at once when wrapped with Permanent); a panic counts as an
 // error. ctx is cancelled when the runner is stopped with StopAndCancel,
 // when a graceful Stop runs out of time, and before the batch's lease
-// expires if it could not be renewed; context.Cause(ctx) is then
-// ErrShutdown, ErrLeaseNotRenewed or ErrLeaseLost. A handler that returns an
-// error after such a cancellation has its batch released (not failed).
+// expires if it could not be renewed, and when it runs longer than its
+// timeout (RunnerConfig.HandlerTimeout); context.Cause(ctx) is then
+// ErrShutdown, ErrLeaseNotRenewed, ErrLeaseLost or ErrHandlerTimeout. A
+// handler that returns an error after such a cancellation has its batch
+// released (not failed, the attempt is given back) — except after its
+// timeout: then the attempt fails. A handler that calls runtime.Goexit
+// fails its attempt (ErrHandlerGoexit). A handler that does not return
+// within RunnerConfig.HandlerGrace after a cancellation other than shutdown
+// is abandoned (ErrHandlerAbandoned). The returned error's methods are not
+// trusted: see Failure.Err.
 type HandlerFunc func(ctx context.Context, b *batch.Batch) error
 
 // Defaults of RunnerConfig.
@@ -28,6 +35,7 @@ const (
 	ReclaimIntervalDefault = 2 * time.Second
 	PruneIntervalDefault   = 5 * time.Minute
 	VacuumIntervalDefault  = 2 * time.Second
+	HandlerTimeoutDefault  = 30 * time.Minute
 )
 
 // RunnerConfig configures a Runner.
@@ -82,6 +90,36 @@ type RunnerConfig struct {
 	// Defaults to VacuumIntervalDefault.
 	VacuumInterval time.Duration
 
+	// HandlerTimeout is how long a handler may run before its context is
+	// cancelled with cause ErrHandlerTimeout. The attempt then fails (it is
+	// not released, even if the runner is stopping), so a batch whose
+	// handler always hangs is dead-lettered after MaxAttempts, across
+	// restarts of its workers. Negative means no timeout: heartbeats then
+	// renew a running handler's lease for as long as it runs. Defaults to
+	// HandlerTimeoutDefault.
+	HandlerTimeout time.Duration
+
+	// HandlerTimeoutFunc, if set, gives the timeout of one batch's handler
+	// (for example from its Meta or its queue's needs): a positive result
+	// is used, a negative one means no timeout, zero means HandlerTimeout.
+	// It is called on the handler's goroutine just before the handler, so
+	// it must be quick; a panic in it fails the attempt like a handler
+	// panic.
+	HandlerTimeoutFunc func(b *batch.Batch) time.Duration
+
+	// HandlerGrace is how long a handler may take to return after the
+	// runner cancelled its context for its timeout, a lease not renewed in
+	// time or a lost lease. After it the handler is abandoned: its attempt
+	// is failed (released if the cause was not its timeout; a lost lease
+	// makes that a lease-lost outcome), its lease no longer renewed, its
+	// slot counted in RunnerStats.Abandoned and given to a new worker, so
+	// the runner keeps Concurrency handlers running. The abandoned
+	// goroutine is left to end on its own and its result is ignored.
+	// Cancellation at shutdown is bounded by Stop's context instead.
+	// 1ms..MaxLeaseDuration. Defaults to FenceMargin, so a handler
+	// cancelled at its fence is abandoned about when its lease expires.
+	HandlerGrace time.Duration
+
 	// Owner is recorded with each lease. Defaults to "<hostname>/<pid>".
 	Owner string
 
@@ -125,6 +163,12 @@ func (c *RunnerConfig) WithDefaults() *RunnerConfig {
 	if out.Owner == "" {
 		out.Owner = defaultOwner
 	}
+	if out.HandlerTimeout == 0 {
+		out.HandlerTimeout = HandlerTimeoutDefault
+	}
+	if out.HandlerGrace == 0 {
+		out.HandlerGrace = out.FenceMargin
+	}
 	return &out
 }
 
@@ -157,6 +201,8 @@ func (c *RunnerConfig) validate() error {
 		return argError(op, "VacuumInterval", "%s is below 100ms", c.VacuumInterval)
 	case c.PruneInterval > 0 && c.PruneInterval < time.Second:
 		return argError(op, "PruneInterval", "%s is below 1s", c.PruneInterval)
+	case c.HandlerGrace < time.Millisecond || c.HandlerGrace > MaxLeaseDuration:
+		return argError(op, "HandlerGrace", "%s is outside 1ms..%s", c.HandlerGrace, MaxLeaseDuration)
 	case len(c.Owner) > MaxOwnerBytes || containsNUL(c.Owner):
 		return argError(op, "Owner", "longer than %d bytes or contains NUL", MaxOwnerBytes)
 	}

@@ -24,7 +24,7 @@ const (
 	sqlSetReadOnly     = `ALTER SYSTEM SET default_transaction_read_only = on`
 	sqlResetReadOnly   = `ALTER SYSTEM RESET default_transaction_read_only`
 	sqlReloadConf      = `SELECT pg_reload_conf()`
-	sqlClientBackends  = `SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()`
+	sqlClientBackends  = `SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name <> 'pgtest'`
 	sqlTerminate       = `SELECT count(*) FROM unnest($1::int[]) AS t(pid) WHERE pg_terminate_backend(pid)`
 	sqlBackendsAlive   = `SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])`
 	sqlStandbyStatus   = `SELECT pg_is_in_recovery(), coalesce(w.status, ''), coalesce(w.sender_port, 0), coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, false) FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS w ON true`
@@ -278,8 +278,9 @@ func (s *Server) waitStreamingVia(ctx context.Context, primary *Server, port int
 	})
 }
 
-// TerminateBackends terminates every client backend of the server except its own
-// (pg_terminate_backend; replication connections are left alone) and returns how many it
+// TerminateBackends terminates every client backend of the server except pgtest's own
+// administrative ones (application_name pgtest, such as a pg_rewind of another server reading
+// from this one) (pg_terminate_backend; replication connections are left alone) and returns how many it
 // terminated. It blocks until they have exited (at most a minute or until ctx ends), so their
 // clients' next round trip fails.
 func (s *Server) TerminateBackends(ctx context.Context) (int, error) {

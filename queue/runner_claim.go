@@ -1,0 +1,491 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+
+	"github.com/skiplock/skiplock/batch"
+	"github.com/skiplock/skiplock/failover"
+)
+
+// claimLoop is the runner's single owner of claims and acknowledgements. Each
+// round trip carries every outcome reported since the previous one together
+// with the next claim, so under load one round trip both finishes and starts
+// up to ClaimSize batches.
+func (r *Runner) claimLoop() {
+	defer close(r.loopDone)
+	var claimsDoneOnce sync.Once
+	claimsDone := func() { claimsDoneOnce.Do(func() { close(r.claimsDone) }) }
+	defer claimsDone()
+	var (
+		free      = r.cfg.Concurrency
+		threshold = max(1, min(r.cfg.ClaimSize, r.cfg.Concurrency)/2)
+		pending   []*job
+		want      = true  // something suggests work is available
+		backlog   = false // the last claim was full
+		stopping  = false
+		retryC    <-chan time.Time
+		bo        = newBackOff(25*time.Millisecond, time.Second)
+		poll      = time.NewTicker(r.cfg.PollInterval)
+		watcher   WriterWatcher
+		changed   <-chan struct{}
+	)
+	if w, ok := r.c.db.(WriterWatcher); ok {
+		watcher, changed = w, w.WriterChanged()
+	}
+	defer poll.Stop()
+	collect := func(j *job) {
+		pending = append(pending, j)
+		free++
+	}
+
+	for {
+		if !stopping {
+			select {
+			case <-r.stopClaims: // noticed before anything else, so no claim starts after it
+				stopping = true
+				claimsDone()
+			default:
+			}
+		}
+		busy := r.cfg.Concurrency - free
+		canClaim := !stopping && free > 0 && (want || backlog) && (free >= threshold || busy == 0)
+		if retryC == nil && (len(pending) > 0 || canClaim || (!stopping && r.cleanupDue())) {
+			n := 0
+			if canClaim {
+				n = min(free, r.cfg.ClaimSize)
+			}
+			claimed, sent, retry, err := r.roundTrip(pending, n)
+			if err != nil {
+				r.stats.roundTripErrors.Add(1)
+				d := retryDelay(bo, err, time.Since(sent))
+				r.log.Warn("claim round trip failed; retrying", zap.Error(err), zap.Duration("retry_in", d), zap.Int("pending_acks", len(pending)))
+				if d == 0 {
+					continue
+				}
+				retryC = time.After(d)
+			} else {
+				bo.Reset()
+				pending = retry
+				if n > 0 {
+					want = false
+					backlog = len(claimed) == n
+					free -= len(claimed)
+					r.dispatch(claimed, sent)
+				}
+				continue
+			}
+		}
+		if stopping && len(pending) == 0 && free == r.cfg.Concurrency {
+			return
+		}
+		var stopC <-chan struct{}
+		if !stopping {
+			stopC = r.stopClaims
+		}
+		select {
+		case j := <-r.results:
+			collect(j)
+		drain:
+			for {
+				select {
+				case j := <-r.results:
+					collect(j)
+				default:
+					break drain
+				}
+			}
+		case <-r.wake:
+			want = true
+		case <-r.kick:
+			want = true
+		case <-poll.C:
+			want = true
+		case <-retryC:
+			retryC = nil
+		case <-changed:
+			// A new writer: retry at once instead of waiting out the backoff.
+			changed = watcher.WriterChanged()
+			retryC = nil
+			want = true
+			bo.Reset()
+		case <-stopC:
+			stopping = true
+			claimsDone()
+		case <-r.abandon:
+			for done := false; !done; {
+				select {
+				case j := <-r.results:
+					collect(j)
+				default:
+					done = true
+				}
+			}
+			if len(pending) > 0 {
+				// One last attempt, then leave the rest to lease expiry.
+				if _, _, _, err := r.roundTrip(pending, 0); err != nil {
+					r.log.Error("could not acknowledge outcomes before giving up; their leases will expire",
+						zap.Int("batches", len(pending)), zap.Error(err))
+				}
+			}
+			return
+		}
+	}
+}
+
+// Retry delays of the claim loop after a failed round trip.
+const (
+	// connRetryMax caps the backoff after errors that say the database may
+	// be failing over, so the first claim on a writer that is back comes
+	// soon (the writer-changed signal resets the backoff anyway).
+	connRetryMax = 250 * time.Millisecond
+	// minRetryGap keeps a round trip that failed at once from spinning.
+	minRetryGap = 25 * time.Millisecond
+)
+
+// retryDelay is how long the claim loop waits after a round trip that
+// failed with err after took. A *failover.NoWriterError means the pool has
+// already waited for a writer (WriterWait): retry at once.
+func retryDelay(bo *backoff.ExponentialBackOff, err error, took time.Duration) time.Duration {
+	d := bo.NextBackOff()
+	var nw *failover.NoWriterError
+	switch {
+	case errors.As(err, &nw):
+		if took >= minRetryGap {
+			return 0
+		}
+		return minRetryGap
+	case worthRepeating(err):
+		return min(d, connRetryMax)
+	}
+	return d
+}
+
+func newBackOff(initial, maxInterval time.Duration) *backoff.ExponentialBackOff {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = initial
+	bo.MaxInterval = maxInterval
+	bo.MaxElapsedTime = 0 // never give up; callers bound retries by context
+	bo.Reset()
+	return bo
+}
+
+// roundTrip acknowledges the outcomes of finished jobs and claims up to n
+// more batches, in one pipelined round trip. On error nothing is known to
+// have happened and every job stays pending. retry lists jobs whose outcome
+// must be sent again.
+func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent time.Time, retry []*job, err error) {
+	var completes, fails, releases []*job
+	var a acks
+	var ids map[int64]bool
+	if len(finished) > 1 {
+		ids = make(map[int64]bool, len(finished))
+	}
+	for _, j := range finished {
+		if ids != nil {
+			// Outcomes are matched to jobs by batch id: two claims of one
+			// batch (an old one whose lease was lost, a new one) go in
+			// separate round trips.
+			if ids[j.ref.ID] {
+				retry = append(retry, j)
+				continue
+			}
+			ids[j.ref.ID] = true
+		}
+		switch j.result {
+		case outcomeComplete:
+			completes = append(completes, j)
+			a.completes = append(a.completes, j.ref)
+		case outcomeRelease:
+			releases = append(releases, j)
+			a.releases = append(a.releases, j.ref)
+		default:
+			fails = append(fails, j)
+			a.fails = append(a.fails, failRow{Ref: j.ref, Text: j.text, Permanent: j.permanent})
+		}
+	}
+
+	sql := r.c.sql
+	b := &pgx.Batch{}
+	a.queue(r.c, b)
+	lostTokens := r.lostClaimTokens()
+	if len(lostTokens) > 0 {
+		b.Queue(sql.releaseTokens, lostTokens)
+	}
+	orphans := r.settledOrphans()
+	if len(orphans) > 0 {
+		ids, tokens := refArrays(orphans)
+		b.Queue(sql.release, ids, tokens)
+	}
+	token := newToken()
+	epoch, changed := r.completedJournal.epochNow(), r.writerChanged()
+	if n > 0 {
+		b.Queue(sql.claim, r.cfg.Queue, n, token, r.cfg.Owner, r.cfg.LeaseDuration.Microseconds())
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), r.rtTimeout)
+	defer cancel()
+	sent = time.Now()
+	br := r.c.db.SendBatch(ctx, b)
+	res, err := a.read(br)
+	var freed map[int64]bool
+	if len(lostTokens) > 0 && err == nil {
+		freed, err = idSet(br.Query())
+	}
+	var orphansFreed map[int64]bool
+	if len(orphans) > 0 && err == nil {
+		orphansFreed, err = idSet(br.Query())
+	}
+	if n > 0 && err == nil {
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			claimed, err = collectBatches(rows, n, r.cfg.Queue)
+		}
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		if n > 0 && !failedForSure(err) {
+			// The claim may have committed: its batches would stay held
+			// until their lease expires. The token is ours, so release
+			// whatever it holds on the next round trip.
+			r.lostClaims = append(r.lostClaims, lostClaim{token: token, sent: sent})
+		}
+		return nil, sent, nil, err
+	}
+	r.forgetCleanup(len(lostTokens), orphans)
+	if len(freed)+len(orphansFreed) > 0 {
+		r.stats.released.Add(int64(len(freed) + len(orphansFreed)))
+		r.log.Info("released batches of claims whose answer was lost",
+			zap.Int("lost_claims", len(lostTokens)), zap.Int("batches", len(freed)), zap.Int("re_taken_orphans", len(orphansFreed)))
+	}
+
+	completed := res.completed
+	// Completions not applied may be repeats of one that committed before
+	// an earlier round trip failed; those are successes.
+	var notDone []Ref
+	for _, j := range completes {
+		if !completed[j.ref.ID] {
+			notDone = append(notDone, j.ref)
+		}
+	}
+	if len(notDone) > 0 {
+		lost, err := r.c.completeRepeat(ctx, r.c.db, notDone)
+		if err != nil {
+			// The claim committed; keep its batches and retry these acks.
+			r.log.Warn("could not check repeated completions; retrying", zap.Error(err))
+			kept := completes[:0:0]
+			for _, j := range completes {
+				if completed[j.ref.ID] {
+					kept = append(kept, j)
+				} else {
+					retry = append(retry, j)
+				}
+			}
+			completes = kept
+		} else {
+			lostSet := map[int64]bool{}
+			for _, l := range lost {
+				lostSet[l.ID] = true
+			}
+			for _, ref := range notDone {
+				if !lostSet[ref.ID] {
+					completed[ref.ID] = true
+				}
+			}
+		}
+	}
+	r.settle(epoch, closed(changed), completes, completed, fails, res.failed, releases, res.released)
+	return claimed, sent, retry, nil
+}
+
+// lostClaim is a claim whose round trip failed after it may have reached
+// the database.
+type lostClaim struct {
+	token int64
+	sent  time.Time
+}
+
+// lostClaimTokens returns the tokens of lost claims whose leases may still
+// hold batches (older ones have expired and are reclaimed anyway).
+func (r *Runner) lostClaimTokens() []int64 {
+	cut := 0
+	for cut < len(r.lostClaims) && time.Since(r.lostClaims[cut].sent) > r.cfg.LeaseDuration {
+		cut++
+	}
+	r.lostClaims = r.lostClaims[cut:]
+	if len(r.lostClaims) == 0 {
+		r.lostClaims = nil
+		return nil
+	}
+	tokens := make([]int64, len(r.lostClaims))
+	for i, l := range r.lostClaims {
+		tokens[i] = l.token
+	}
+	return tokens
+}
+
+// settledOrphans returns the re-taken leases whose jobs have been settled.
+func (r *Runner) settledOrphans() []Ref {
+	if r.orphanN.Load() == 0 {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var refs []Ref
+	for ref := range r.orphans {
+		if r.inflight[ref] == nil {
+			refs = append(refs, ref)
+		}
+	}
+	return refs
+}
+
+// forgetCleanup drops the first n lost claims and the orphans a round trip
+// has released.
+func (r *Runner) forgetCleanup(n int, orphans []Ref) {
+	r.lostClaims = r.lostClaims[n:]
+	if len(orphans) == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, ref := range orphans {
+		delete(r.orphans, ref)
+	}
+	r.orphanN.Store(int32(len(r.orphans)))
+}
+
+// cleanupDue reports whether a round trip has leases to release although
+// it has no outcome to acknowledge and no claim to make.
+func (r *Runner) cleanupDue() bool {
+	return len(r.lostClaims) > 0 || len(r.settledOrphans()) > 0
+}
+
+func refsOf(jobs []*job) []Ref {
+	refs := make([]Ref, len(jobs))
+	for i, j := range jobs {
+		refs[i] = j.ref
+	}
+	return refs
+}
+
+// settle records acknowledged outcomes and forgets their jobs. Completions
+// are journaled; if the writer changed while they were under way (epoch is
+// when the round trip started), the journal asserts them on the new writer.
+func (r *Runner) settle(epoch int64, changed bool, completes []*job, completed map[int64]bool, fails []*job, failRes map[int64]bool, releases []*job, released map[int64]bool) {
+	lost := 0
+	var journaled []Completion
+	for _, j := range completes {
+		if completed[j.ref.ID] {
+			r.stats.completed.Add(1)
+			journaled = append(journaled, Completion{Ref: j.ref, CreatedAt: j.b.CreatedAt, Queue: j.b.Queue, Key: j.b.IdempotencyKey, Attempt: j.b.Attempt})
+		} else {
+			lost++
+			r.log.Warn("completion refused: lease lost", zap.Int64("batch", j.ref.ID))
+		}
+	}
+	for _, j := range fails {
+		dead, ok := failRes[j.ref.ID]
+		switch {
+		case !ok:
+			lost++
+			r.log.Warn("failure not recorded: lease lost", zap.Int64("batch", j.ref.ID), zap.String("error", j.text))
+		case dead:
+			r.stats.dead.Add(1)
+			r.log.Warn("batch dead-lettered", zap.Int64("batch", j.ref.ID), zap.Int("attempt", j.b.Attempt), zap.String("error", j.text))
+		default:
+			r.stats.retried.Add(1)
+			r.log.Debug("batch failed; will retry", zap.Int64("batch", j.ref.ID), zap.Int("attempt", j.b.Attempt), zap.String("error", j.text))
+		}
+	}
+	for _, j := range releases {
+		if released[j.ref.ID] {
+			r.stats.released.Add(1)
+		} else {
+			lost++
+		}
+	}
+	r.stats.leaseLost.Add(int64(lost))
+	r.completedJournal.add(epoch, changed, journaled...)
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, group := range [][]*job{completes, fails, releases} {
+		for _, j := range group {
+			delete(r.inflight, j.ref)
+		}
+	}
+}
+
+// dispatch hands each claimed batch to a handler goroutine. sent is when
+// the claim was sent: the database computed each lease's expiry after that
+// moment, so sent+LeaseDuration is never later than the real expiry.
+func (r *Runner) dispatch(claimed []batch.Batch, sent time.Time) {
+	if len(claimed) == 0 {
+		return
+	}
+	r.stats.claimed.Add(int64(len(claimed)))
+	r.log.Debug("claimed", zap.Int("batches", len(claimed)))
+	fenceAt := r.clock(sent.Add(r.cfg.LeaseDuration - r.cfg.FenceMargin))
+	jobs := make([]job, len(claimed))
+	r.mu.Lock()
+	for i := range claimed {
+		j := &jobs[i]
+		j.b = claimed[i]
+		j.ref = RefOf(&j.b)
+		// Each handler context is a root of its own: a shared parent would
+		// make every handler start and end contend on its lock.
+		j.ctx, j.cancel = context.WithCancelCause(context.Background())
+		if r.cancelledAll {
+			j.cancel(ErrShutdown)
+		}
+		j.fenceAt.Store(fenceAt)
+		r.inflight[j.ref] = j
+	}
+	r.handlers.Add(len(claimed))
+	r.mu.Unlock()
+	for i := range jobs {
+		r.work <- &jobs[i] // never blocks: at most Concurrency jobs are out
+	}
+	// A new claim's fence is never earlier than one already armed, so the
+	// fence loop needs a nudge only when it has nothing armed (or only later
+	// handler deadlines).
+	if fenceAt < r.fenceNext.Load() {
+		wakeUp(r.fenceKick)
+	}
+}
+
+// clock returns t on the runner's monotonic clock, in nanoseconds.
+func (r *Runner) clock(t time.Time) int64 { return int64(t.Sub(r.epoch)) }
+
+// writerChanged returns the channel closed at the next writer change, or
+// nil without a completion journal.
+func (r *Runner) writerChanged() <-chan struct{} {
+	if r.completedJournal == nil {
+		return nil
+	}
+	return r.c.db.(WriterWatcher).WriterChanged()
+}
+
+// assertCompletions asserts journaled completions on the current writer.
+func (r *Runner) assertCompletions(ctx context.Context, cs []Completion) error {
+	n, err := r.c.ReassertCompleted(ctx, cs)
+	if err != nil {
+		return err
+	}
+	r.stats.reasserted.Add(int64(n))
+	lvl := zap.DebugLevel
+	if n > 0 {
+		lvl = zap.WarnLevel
+	}
+	r.log.Log(lvl, "asserted journaled completions on the current writer", zap.Int("journaled", len(cs)), zap.Int("restored", n))
+	return nil
+}

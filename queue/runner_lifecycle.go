@@ -1,0 +1,297 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Start checks that the queue's tables are reachable, starts listening for
+// wake-ups and starts claiming. It fails fast, starting nothing, if the
+// database cannot be queried. It waits (bounded by ctx, at most 5s) for the
+// LISTEN connection; without it the runner still works by polling. Start
+// after Stop returns ErrClosed.
+func (r *Runner) Start(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch r.state {
+	case stateRunning:
+		return fmt.Errorf("start runner %q: already started", short(r.cfg.Queue))
+	case stateStopping, stateStopped:
+		return fmt.Errorf("start runner %q: %w", short(r.cfg.Queue), ErrClosed)
+	}
+	if err := r.c.check("start runner"); err != nil {
+		return err
+	}
+	if err := r.c.checkTables(ctx); err != nil {
+		return fmt.Errorf("start runner %q: %w", short(r.cfg.Queue), err)
+	}
+
+	wake, ready, unsubscribe := r.c.subscribe(r.cfg.Queue)
+	r.wake, r.unsubscribe = wake, unsubscribe
+	if ready != nil {
+		wait, cancel := context.WithTimeout(ctx, 5*time.Second)
+		select {
+		case <-ready:
+		case <-wait.Done():
+			r.log.Warn("LISTEN connection not ready; relying on polling until it is")
+		}
+		cancel()
+	}
+
+	bgCtx, bgCancel := context.WithCancel(context.Background())
+	r.bgCancel = bgCancel
+	r.bg.Add(4)
+	go r.heartbeatLoop(bgCtx)
+	go r.reconfirmLoop(bgCtx)
+	go r.reclaimLoop(bgCtx)
+	go r.fenceLoop(bgCtx)
+	r.workers.Add(r.cfg.Concurrency)
+	for i := 0; i < r.cfg.Concurrency; i++ {
+		go r.worker()
+	}
+	if w, ok := r.c.db.(WriterWatcher); ok && r.c.cfg.JournalWindow > 0 {
+		r.completedJournal = newJournal[Completion](r.c.cfg.JournalWindow)
+		r.bg.Add(2)
+		go func() {
+			defer r.bg.Done()
+			watchWriter(w, bgCtx.Done(), r.completedJournal.advance)
+		}()
+		go func() {
+			defer r.bg.Done()
+			r.completedJournal.assertLoop(bgCtx.Done(), r.assertCompletions, func(err error, pending int) {
+				r.log.Warn("could not assert journaled completions on the current writer; retrying",
+					zap.Int("pending", pending), zap.Error(err))
+			})
+		}()
+	}
+	go r.claimLoop()
+	r.state = stateRunning
+	r.log.Info("runner started",
+		zap.Int("concurrency", r.cfg.Concurrency),
+		zap.Int("claim_size", r.cfg.ClaimSize),
+		zap.Duration("lease", r.cfg.LeaseDuration),
+		zap.Bool("listening", wake != nil))
+	return nil
+}
+
+// Stop shuts the runner down gracefully: it stops claiming, waits for
+// running handlers until ctx is done, then cancels the remaining handlers'
+// contexts (cause ErrShutdown) and waits up to FenceMargin more for them.
+// Outcomes are acknowledged as handlers return; batches whose handlers were
+// cancelled are released, so other runners can claim them at once. A
+// handler that ignores its context past that keeps its lease until it
+// expires, so no two handlers overlap. Stop returns ctx's error if it had to
+// cancel handlers, or an error if some acknowledgements or handlers were
+// abandoned. Stop before Start, and a second Stop, return nil.
+func (r *Runner) Stop(ctx context.Context) error { return r.stop(ctx, false) }
+
+// stop is Stop; cancel cancels every handler once no claim can start any
+// more (StopAndCancel), so a batch released by a cancelled handler is not
+// claimed again by this runner.
+func (r *Runner) stop(ctx context.Context, cancel bool) error {
+	r.mu.Lock()
+	switch r.state {
+	case stateNew:
+		r.state = stateStopped
+		close(r.stopped)
+		r.mu.Unlock()
+		return nil
+	case stateStopping, stateStopped:
+		r.mu.Unlock()
+		select {
+		case <-r.stopped:
+		case <-ctx.Done():
+		}
+		return nil
+	}
+	r.state = stateStopping
+	r.mu.Unlock()
+
+	r.log.Info("runner stopping")
+	close(r.stopClaims)
+	// A claim in flight when Stop began still dispatches its batches; wait
+	// for the loop to see the stop (at most one round trip), so the set of
+	// handlers waited for below is complete.
+	<-r.claimsDone
+	if cancel {
+		r.cancelAll(ErrShutdown)
+	}
+
+	var stopErr error
+	allReturned := true
+	handlersDone := make(chan struct{})
+	go func() {
+		r.handlers.Wait()
+		close(handlersDone)
+	}()
+	select {
+	case <-handlersDone:
+	case <-ctx.Done():
+		stopErr = ctx.Err()
+		r.cancelAll(ErrShutdown)
+		grace := time.NewTimer(r.cfg.FenceMargin)
+		select {
+		case <-handlersDone:
+		case <-grace.C:
+			allReturned = false
+			n := r.running()
+			r.log.Warn("handlers ignored cancellation; their leases will expire", zap.Int("handlers", n))
+			stopErr = fmt.Errorf("stop runner %q: %d handlers still running after cancellation: %w", short(r.cfg.Queue), n, ctx.Err())
+		}
+		grace.Stop()
+	}
+
+	// Let the claim loop acknowledge the outcomes. Releases must go out even
+	// when ctx has already expired, so past ctx there is one round-trip
+	// timeout of grace before the rest is left to lease expiry.
+	select {
+	case <-r.loopDone:
+	case <-ctx.Done():
+		grace := time.NewTimer(r.rtTimeout)
+		select {
+		case <-r.loopDone:
+		case <-grace.C:
+			close(r.abandon)
+			<-r.loopDone
+		}
+		grace.Stop()
+	}
+	if n := r.unacknowledged(); n > 0 && stopErr == nil {
+		stopErr = fmt.Errorf("stop runner %q: %d outcomes not acknowledged; their leases will expire", short(r.cfg.Queue), n)
+	}
+
+	if n := r.flushCompletions(ctx); n > 0 {
+		err := fmt.Errorf("stop runner %q: %d completions acknowledged by a replaced writer could not be asserted on the current one; those batches may run again: %w",
+			short(r.cfg.Queue), n, ErrNotReasserted)
+		r.log.Error("stopping with journaled completions not asserted on the current writer", zap.Int("pending", n))
+		stopErr = errors.Join(stopErr, err)
+	}
+
+	r.bgCancel()
+	r.bg.Wait()
+	close(r.work)
+	if allReturned {
+		r.workers.Wait() // every handler returned, so every worker exits
+	}
+	r.unsubscribe()
+	r.cancelAll(ErrShutdown)
+
+	r.mu.Lock()
+	r.state = stateStopped
+	r.mu.Unlock()
+	close(r.stopped)
+	st := r.Stats()
+	r.log.Info("runner stopped",
+		zap.Int64("claimed", st.Claimed), zap.Int64("completed", st.Completed),
+		zap.Int64("retried", st.Retried), zap.Int64("dead", st.Dead),
+		zap.Int64("released", st.Released), zap.Int64("lease_lost", st.LeaseLost))
+	return stopErr
+}
+
+// flushCompletions asserts journaled completions that a writer change left
+// pending, within ctx (or one round-trip timeout if ctx is done), and
+// returns how many are still pending.
+func (r *Runner) flushCompletions(ctx context.Context) int {
+	if _, pending := r.completedJournal.counts(); pending == 0 {
+		return 0
+	}
+	if ctx.Err() != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), r.rtTimeout)
+		defer cancel()
+	}
+	return r.completedJournal.flush(ctx, r.assertCompletions)
+}
+
+// cancelAll cancels the context of every running handler.
+func (r *Runner) cancelAll(cause error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.cancelledAll = true
+	for _, j := range r.inflight {
+		j.cancel(cause)
+	}
+}
+
+// StopAndCancel stops claiming and then, once a claim in flight (at most one
+// round trip) has dispatched its batches, cancels every running handler's
+// context (cause ErrShutdown), and stops as Stop does. Cancelling only once
+// claims have stopped keeps a batch its cancelled handler released from being
+// claimed again by this runner.
+func (r *Runner) StopAndCancel(ctx context.Context) error {
+	r.mu.Lock()
+	stopping := r.state == stateStopping
+	r.mu.Unlock()
+	if stopping {
+		r.cancelAll(ErrShutdown) // a Stop in progress: cancel its handlers now
+	}
+	return r.stop(ctx, true)
+}
+
+// Stopped returns a channel closed once Stop has finished.
+func (r *Runner) Stopped() <-chan struct{} { return r.stopped }
+
+// reclaimLoop makes expired leases of the queue claimable again, vacuums
+// the hot table, and prunes old completion records and keys now and then.
+func (r *Runner) reclaimLoop(ctx context.Context) {
+	defer r.bg.Done()
+	t := time.NewTicker(r.cfg.ReclaimInterval)
+	defer t.Stop()
+	var pruneC, vacuumC <-chan time.Time
+	if r.cfg.PruneInterval > 0 {
+		pt := time.NewTicker(r.cfg.PruneInterval)
+		defer pt.Stop()
+		pruneC = pt.C
+	}
+	if r.cfg.VacuumInterval > 0 {
+		vt := time.NewTicker(r.cfg.VacuumInterval)
+		defer vt.Stop()
+		vacuumC = vt.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			avail, dead, err := r.c.ReclaimExpired(ctx, r.cfg.Queue)
+			if err != nil {
+				if ctx.Err() == nil {
+					r.log.Warn("reclaim of expired leases failed", zap.Error(err))
+				}
+				continue
+			}
+			if avail+dead > 0 {
+				r.stats.reclaimed.Add(int64(avail + dead))
+				r.log.Info("reclaimed expired leases", zap.Int("available", avail), zap.Int("dead", dead))
+				wakeUp(r.kick)
+			}
+		case <-vacuumC:
+			t0 := time.Now()
+			ran, err := r.c.Vacuum(ctx, r.cfg.VacuumInterval)
+			switch {
+			case errors.Is(err, ErrVacuumNotPermitted):
+				r.log.Warn("cannot vacuum the batch table; leaving it to autovacuum", zap.Error(err))
+				vacuumC = nil
+			case err != nil:
+				if ctx.Err() == nil {
+					r.log.Warn("vacuum failed", zap.Error(err))
+				}
+			case ran:
+				r.log.Debug("vacuumed the batch table", zap.Duration("took", time.Since(t0)))
+			}
+		case <-pruneC:
+			done, keys, err := r.c.Prune(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					r.log.Warn("prune failed", zap.Error(err))
+				}
+				continue
+			}
+			r.log.Debug("pruned", zap.Int64("completion_records", done), zap.Int64("keys", keys))
+		}
+	}
+}
