@@ -540,15 +540,26 @@ func (c *Client) ReassertCompleted(ctx context.Context, refs []Completion) (rest
 			ids[i], tokens[i], created[i] = r.Ref.ID, r.Ref.Token, r.CreatedAt
 			queues[i], keys[i], attempts[i] = r.Queue, r.Key, int32(max(r.Attempt, 1))
 		}
-		rows, err := c.db.Query(ctx, c.sql.reassertComplete, ids, tokens, created, queues, keys, attempts, c.sql.sequence)
+		// Two statements in one transaction: the first claims missing keys
+		// (waiting for an enqueue of the same key re-asserted concurrently),
+		// the second, with a snapshot taken after that, finishes or records
+		// the batches. Apart, a key claimed without its completion record
+		// would hide the batch for good.
+		err := pgx.BeginFunc(ctx, c.db, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, c.sql.reassertKeys, queues, keys, c.sql.sequence); err != nil {
+				return err
+			}
+			rows, err := tx.Query(ctx, c.sql.reassertComplete, ids, tokens, created, queues, keys, attempts, c.sql.sequence)
+			if err != nil {
+				return err
+			}
+			recorded, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+			restored = len(recorded)
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("reassert %d completions: %w", len(refs), err)
 		}
-		recorded, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-		if err != nil {
-			return fmt.Errorf("reassert %d completions: %w", len(refs), err)
-		}
-		restored = len(recorded)
 		return nil
 	})
 	return restored, err

@@ -167,18 +167,29 @@ rec AS (
 )
 SELECT id FROM rec`
 
-	// Re-assert completions acknowledged by an earlier writer on a new one
-	// that may have lost them. A batch is matched by id and creation time
+	// Re-assertion of completions, first statement: claim the idempotency
+	// keys of the completions ($1 queues, $2 keys) that the writer does not
+	// know, each with a fresh id from the batch sequence ($3), so that a
+	// re-assertion of their enqueues is a duplicate. It waits for a
+	// concurrent insert of the same key (an enqueue re-asserted at the same
+	// time), so the statement after it sees that batch.
+	sqlReassertKeys = `INSERT INTO {s}.batch_key (queue, idempotency_key, batch_id)
+SELECT q, k, nextval($3::text::regclass) FROM unnest($1::text[], $2::text[]) AS u(q, k)
+WHERE k <> '' ORDER BY q, k
+ON CONFLICT (queue, idempotency_key) DO NOTHING`
+
+	// Re-assertion of completions, second statement, in the same
+	// transaction: finish each batch that an earlier writer completed and
+	// this one may still have. A batch is matched by id and creation time
 	// (after lost commits the new writer may hand the same id to another
 	// batch), or by queue and idempotency key through batch_key (a
 	// re-asserted enqueue gets a new id), and finished whatever its state,
 	// recording the completion under the token that was acknowledged. A
-	// completion whose batch the new writer lacks altogether is recorded as
-	// it was acknowledged, under a new id from the batch sequence ($7: the
-	// old id may name another batch on this writer), and its key (when
-	// missing) too, so that a later re-assertion of the enqueue is a
-	// duplicate. A batch with a completion
-	// on record (by any token: a second run's) is left alone. Returns one row
+	// completion whose batch the writer lacks altogether is recorded as it
+	// was acknowledged, under the id its key now names (the statement above
+	// gave it one), or a fresh id ($7) for a batch without a key: the old id
+	// may name another batch on this writer. A batch with a completion on
+	// record (by any token: a second run's) is left alone. Returns one row
 	// per completion recorded.
 	sqlReassertComplete = `WITH c AS (
     SELECT * FROM unnest($1::int8[], $2::int8[], $3::timestamptz[], $4::text[], $5::text[], $6::int4[])
@@ -197,17 +208,15 @@ gone AS (
     WHERE b.id = t.id
     RETURNING b.id, t.token, b.created_at, b.attempt, b.queue
 ),
+keyed AS (
+    SELECT c.*, (SELECT k.batch_id FROM {s}.batch_key k WHERE k.queue = c.queue AND k.idempotency_key = c.ikey) AS kid
+    FROM c
+),
 absent AS (
-    SELECT c.token, c.created_at, c.queue, c.ikey, c.attempt, nextval($7::text::regclass) AS id FROM c
+    SELECT token, created_at, queue, attempt, coalesce(kid, nextval($7::text::regclass)) AS id FROM keyed c
     WHERE NOT EXISTS (SELECT 1 FROM target t WHERE t.cid = c.id AND t.token = c.token)
         AND NOT EXISTS (SELECT 1 FROM {s}.batch_done d
-            WHERE (d.id = c.id AND d.created_at = c.created_at)
-                OR d.id = (SELECT k.batch_id FROM {s}.batch_key k WHERE k.queue = c.queue AND k.idempotency_key = c.ikey))
-),
-keys AS (
-    INSERT INTO {s}.batch_key (queue, idempotency_key, batch_id)
-    SELECT queue, ikey, id FROM absent WHERE ikey <> '' ORDER BY queue, ikey
-    ON CONFLICT (queue, idempotency_key) DO NOTHING
+            WHERE (d.id = c.id AND d.created_at = c.created_at) OR d.id = c.kid)
 ),
 rec AS (
     INSERT INTO {s}.batch_done (id, lease_token, created_at, attempt, queue)
@@ -414,7 +423,7 @@ RETURNING b.id`
 
 // statements is the package's SQL with the schema substituted.
 type statements struct {
-	enqueue, enqueueKeyless, takeIDs, wake, keyLookup, claim, complete, reassertComplete, completeRepeat, fail, extend, release, reclaim string
+	enqueue, enqueueKeyless, takeIDs, wake, keyLookup, claim, complete, reassertKeys, reassertComplete, completeRepeat, fail, extend, release, reclaim string
 	vacuumDue, vacuum, table,
 	check, get, done, listDead, requeueDead, setPaused, paused, stats, pruneDone, pruneKeys string
 	reconfirm, releaseTokens string
@@ -433,6 +442,7 @@ func newStatements(schema string) *statements {
 		keyLookup:        sub(sqlKeyLookup),
 		claim:            sub(sqlClaim),
 		complete:         sub(sqlComplete),
+		reassertKeys:     sub(sqlReassertKeys),
 		reassertComplete: sub(sqlReassertComplete),
 		completeRepeat:   sub(sqlCompleteRepeat),
 		fail:             sub(sqlFail),

@@ -3,6 +3,7 @@ package faultlab
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"time"
 
@@ -153,6 +154,9 @@ WHERE d.queue = $1`, l.cfg.Queue)
 		i := slices.IndexFunc(runs, func(e Execution) bool { return e.Token == d.token })
 		if i < 0 {
 			rep.StaleCompletions++ // no handler ran under the token on record
+			if os.Getenv("SKIPLOCK_DEBUG_STALE") != "" {
+				fmt.Fprintf(os.Stderr, "STALE notoken: done id=%d tok=%d key=%q created=%d at=%s runs=%+v\n", d.id, d.token, d.key, d.created, d.at, runs)
+			}
 			continue
 		}
 		// Stale: another claim of the batch began while this run's handler was
@@ -164,6 +168,9 @@ WHERE d.queue = $1`, l.cfg.Queue)
 		for _, e := range runs {
 			if e.Token != d.token && e.Start.After(own.Start) && !own.End.IsZero() && e.Start.Before(own.End) && e.Start.Before(d.at) {
 				rep.StaleCompletions++
+				if os.Getenv("SKIPLOCK_DEBUG_STALE") != "" {
+					fmt.Fprintf(os.Stderr, "STALE overtaken: done id=%d tok=%d key=%q at=%s own=%+v other=%+v\n", d.id, d.token, d.key, d.at, own, e)
+				}
 				break
 			}
 		}
