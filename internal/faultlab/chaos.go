@@ -42,7 +42,11 @@ type ChaosResult struct {
 	DupLosing    int          // duplicates attributed to faults that lose commits
 	DupNotLosing int          // ...to other faults or none
 	FaultsLosing int          // faults of kinds that lose commits
-	CommitsLost  int          // acknowledged enqueues the new writers lacked at promotion (proof of real loss)
+	// AckedAroundLosing counts the batches acknowledged around faults that lose commits
+	// (from AroundLosing before such a fault began to AroundLosing after it ended): the
+	// batches such a fault puts at risk, against which DupLosing is judged.
+	AckedAroundLosing int
+	CommitsLost       int // acknowledged enqueues the new writers lacked at promotion (proof of real loss)
 
 	Recoveries       []time.Duration
 	RecoveryTimeouts int
@@ -56,8 +60,8 @@ func (r *ChaosResult) Broken() bool { return r.Lost > 0 || r.Stale > 0 || r.Done
 
 // String summarizes the result.
 func (r *ChaosResult) String() string {
-	return fmt.Sprintf("seed=%d faults=%v fault_errors=%v lost=%d stale_completions=%d done_twice=%d duplicates=%v (losing faults %d: %d, others: %d) overlaps=%d commits_lost=%d recovery p50=%s p99=%s max=%s timeouts=%d",
-		r.Schedule.Seed, r.Faults, r.FaultErrors, r.Lost, r.Stale, r.DoneTwice, r.Duplicates, r.FaultsLosing, r.DupLosing, r.DupNotLosing,
+	return fmt.Sprintf("seed=%d faults=%v fault_errors=%v lost=%d stale_completions=%d done_twice=%d duplicates=%v (losing faults %d: %d of %d acknowledged around them, others: %d) overlaps=%d commits_lost=%d recovery p50=%s p99=%s max=%s timeouts=%d",
+		r.Schedule.Seed, r.Faults, r.FaultErrors, r.Lost, r.Stale, r.DoneTwice, r.Duplicates, r.FaultsLosing, r.DupLosing, r.AckedAroundLosing, r.DupNotLosing,
 		r.Overlaps, r.CommitsLost, r.RecoveryP50.Round(time.Millisecond), r.RecoveryP99.Round(time.Millisecond), r.RecoveryMax.Round(time.Millisecond), r.RecoveryTimeouts)
 }
 
@@ -193,12 +197,24 @@ func Chaos(ctx context.Context, c *Cluster, l *Load, sched *Schedule, logf func(
 	logf("faultlab: final check: %s", final)
 	res.Final = final
 	res.Checks = append(res.Checks, final)
-	res.summarize(l.Config().Lease)
+	res.summarize(l.Config().Lease, l.AckTimes())
 	return res, nil
 }
 
+// AroundLosing is how far before and after a fault that loses commits a batch's
+// acknowledgement counts as "around" it (ChaosResult.AckedAroundLosing).
+const AroundLosing = 10 * time.Second
+
 // summarize fills in the totals, attributes duplicates and computes recovery percentiles.
-func (r *ChaosResult) summarize(lease time.Duration) {
+func (r *ChaosResult) summarize(lease time.Duration, acks []time.Time) {
+	for _, at := range acks {
+		for _, o := range r.Outcomes {
+			if o.Fault.Kind.LosesCommits() && !at.Before(o.Began.Add(-AroundLosing)) && at.Before(o.Restored.Add(AroundLosing)) {
+				r.AckedAroundLosing++
+				break
+			}
+		}
+	}
 	for _, rep := range r.Checks {
 		r.Lost = max(r.Lost, rep.Lost)
 		r.Stale = max(r.Stale, rep.StaleCompletions)

@@ -401,3 +401,14 @@ func (l *Load) FirstStartAfter(ctx context.Context, t0 time.Time) (time.Duration
 }
 
 func (l *Load) table(name string) string { return pgx.Identifier{l.cfg.Schema, name}.Sanitize() }
+
+// AckTimes returns when each acknowledged enqueue was acknowledged.
+func (l *Load) AckTimes() []time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]time.Time, 0, len(l.acked))
+	for _, at := range l.acked {
+		out = append(out, at)
+	}
+	return out
+}

@@ -53,6 +53,10 @@ func runChaos(ctx context.Context, cfg *Config, rep *Report, prog *progress) err
 	add("commits_lost_at_promotion", float64(res.CommitsLost), "batches")
 	if losing > 0 {
 		add("duplicates_per_losing_fault", float64(res.DupLosing)/float64(losing), "batches")
+		add("acked_around_losing_faults", float64(res.AckedAroundLosing), "batches", "around_s", faultlab.AroundLosing.Seconds())
+		if res.AckedAroundLosing > 0 {
+			add("duplicates_share_around_losing_faults", 100*float64(res.DupLosing)/float64(res.AckedAroundLosing), "%")
+		}
 	}
 	if total-losing > 0 {
 		add("duplicates_per_other_fault", float64(res.DupNotLosing)/float64(total-losing), "batches")
