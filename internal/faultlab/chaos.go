@@ -32,23 +32,28 @@ type ChaosResult struct {
 	Checks   []*Report // one per quiet period, then the final one
 	Final    *Report
 
-	Faults       map[Kind]int // faults run, by kind
-	FaultErrors  map[Kind]int // faults that failed to run (overlap faults only; a topology error ends the run)
-	Lost         int          // the largest count of lost batches over all checks
-	Stale        int          // the largest count of stale completions over all checks
-	DoneTwice    int
-	Overlaps     int
-	Duplicates   map[Kind]int // duplicates attributed to the fault in progress ("" none)
-	DupLosing    int          // duplicates attributed to faults that lose commits
-	DupNotLosing int          // ...to other faults or none
-	FaultsLosing int          // faults of kinds that lose commits
+	Faults        map[Kind]int // faults run, by kind
+	FaultErrors   map[Kind]int // faults that failed to run (overlap faults only; a topology error ends the run)
+	Lost          int          // the largest count of lost batches over all checks
+	Stale         int          // the largest count of stale completions over all checks
+	DoneTwice     int
+	Overlaps      int
+	Duplicates    map[Kind]int // duplicates attributed to the fault in progress ("" none)
+	DupLosing     int          // duplicates attributed to faults that lose commits
+	DupNotLosing  int          // ...to other faults or none
+	FaultsLosing  int          // faults of kinds that lose commits
+	SlowDetection int          // faults whose endpoint moved 30 s or more after the fault
 	// AckedAroundLosing counts the batches acknowledged around faults that lose commits
 	// (from AroundLosing before such a fault began to AroundLosing after it ended): the
 	// batches such a fault puts at risk, against which DupLosing is judged.
 	AckedAroundLosing int
 	CommitsLost       int // acknowledged enqueues the new writers lacked at promotion (proof of real loss)
 
-	Recoveries       []time.Duration
+	Recoveries []time.Duration
+	// SlowedRecoveries are recoveries during which a latency fault (100 ms each way) was
+	// under way: every round trip, connection set-up included, is then slow by design. They
+	// are reported apart and left out of the percentiles.
+	SlowedRecoveries []time.Duration
 	RecoveryTimeouts int
 	RecoveryP50      time.Duration
 	RecoveryP99      time.Duration
@@ -60,9 +65,10 @@ func (r *ChaosResult) Broken() bool { return r.Lost > 0 || r.Stale > 0 || r.Done
 
 // String summarizes the result.
 func (r *ChaosResult) String() string {
-	return fmt.Sprintf("seed=%d faults=%v fault_errors=%v lost=%d stale_completions=%d done_twice=%d duplicates=%v (losing faults %d: %d of %d acknowledged around them, others: %d) overlaps=%d commits_lost=%d recovery p50=%s p99=%s max=%s timeouts=%d",
-		r.Schedule.Seed, r.Faults, r.FaultErrors, r.Lost, r.Stale, r.DoneTwice, r.Duplicates, r.FaultsLosing, r.DupLosing, r.AckedAroundLosing, r.DupNotLosing,
-		r.Overlaps, r.CommitsLost, r.RecoveryP50.Round(time.Millisecond), r.RecoveryP99.Round(time.Millisecond), r.RecoveryMax.Round(time.Millisecond), r.RecoveryTimeouts)
+	return fmt.Sprintf("seed=%d faults=%v fault_errors=%v lost=%d stale_completions=%d done_twice=%d slow_detection=%d duplicates=%v (losing faults %d: %d of %d acknowledged around them, others: %d) overlaps=%d commits_lost=%d recovery p50=%s p99=%s max=%s (%d samples; %d more under latency) timeouts=%d",
+		r.Schedule.Seed, r.Faults, r.FaultErrors, r.Lost, r.Stale, r.DoneTwice, r.SlowDetection, r.Duplicates, r.FaultsLosing, r.DupLosing, r.AckedAroundLosing, r.DupNotLosing,
+		r.Overlaps, r.CommitsLost, r.RecoveryP50.Round(time.Millisecond), r.RecoveryP99.Round(time.Millisecond), r.RecoveryMax.Round(time.Millisecond),
+		len(r.Recoveries), len(r.SlowedRecoveries), r.RecoveryTimeouts)
 }
 
 // RunChaos starts a cluster (with a password role when credential rotation is among the
@@ -225,11 +231,19 @@ func (r *ChaosResult) summarize(lease time.Duration, acks []time.Time) {
 		if o.Fault.Kind.LosesCommits() {
 			r.FaultsLosing++
 		}
+		if (o.Fault.Kind == CommitLoss || o.Fault.Kind == StaleEndpoint) && o.Fault.Window >= 30*time.Second {
+			r.SlowDetection++
+		}
 		for _, rec := range o.Recoveries {
 			if rec.Err != nil {
 				r.RecoveryTimeouts++
 			}
-			r.Recoveries = append(r.Recoveries, r.ownRecovery(o, rec))
+			d := r.ownRecovery(o, rec)
+			if r.slowed(o, rec, d) {
+				r.SlowedRecoveries = append(r.SlowedRecoveries, d)
+				continue
+			}
+			r.Recoveries = append(r.Recoveries, d)
 		}
 	}
 	tail := lease + 2*time.Second // a duplicate shows up at most a lease after its fault
@@ -254,6 +268,18 @@ func (r *ChaosResult) summarize(lease time.Duration, acks []time.Time) {
 	r.RecoveryP50 = Percentile(r.Recoveries, 50)
 	r.RecoveryP99 = Percentile(r.Recoveries, 99)
 	r.RecoveryMax = Percentile(r.Recoveries, 100)
+}
+
+// slowed reports whether a latency fault other than o overlapped rec's recovery, which took d.
+func (r *ChaosResult) slowed(o *Outcome, rec Recovery, d time.Duration) bool {
+	from := rec.Reachable.Add(rec.Took - d)
+	to := rec.Reachable.Add(rec.Took)
+	for _, o2 := range r.Outcomes {
+		if o2 != o && o2.Fault.Kind == Latency && o2.Began.Before(to) && from.Before(o2.Ended) {
+			return true
+		}
+	}
+	return false
 }
 
 // ownRecovery is rec's recovery measured from when the writer was really reachable: if another

@@ -40,11 +40,14 @@ func runChaos(ctx context.Context, cfg *Config, rep *Report, prog *progress) err
 		}
 	}
 	add("faults_total", float64(total), "faults")
+	add("faults_losing_commits", float64(losing), "faults")
+	add("faults_real_commit_loss", float64(res.Faults[faultlab.CommitLoss]+res.Faults[faultlab.CommitLossFlipBack]), "faults")
 	if res.Final == nil {
 		add("completed_run", 0, "bool")
 		return err
 	}
 	add("completed_run", 1, "bool")
+	add("faults_slow_detection", float64(res.SlowDetection), "faults", "min_s", 30)
 	add("acked", float64(res.Final.Acked), "batches")
 	add("lost", float64(res.Lost), "batches")
 	add("stale_completions", float64(res.Stale), "batches")
@@ -66,6 +69,10 @@ func runChaos(ctx context.Context, cfg *Config, rep *Report, prog *progress) err
 	add("recovery_p99_ms", ms(res.RecoveryP99), "ms", "samples", len(res.Recoveries))
 	add("recovery_max_ms", ms(res.RecoveryMax), "ms", "samples", len(res.Recoveries))
 	add("recovery_timeouts", float64(res.RecoveryTimeouts), "recoveries")
+	if n := len(res.SlowedRecoveries); n > 0 {
+		add("recovery_under_latency_p50_ms", ms(faultlab.Percentile(res.SlowedRecoveries, 50)), "ms", "samples", n)
+		add("recovery_under_latency_max_ms", ms(faultlab.Percentile(res.SlowedRecoveries, 100)), "ms", "samples", n)
+	}
 	prog.step("chaos: %s", res)
 	if err != nil {
 		return err
