@@ -32,17 +32,19 @@ type ChaosResult struct {
 	Checks   []*Report // one per quiet period, then the final one
 	Final    *Report
 
-	Faults        map[Kind]int // faults run, by kind
-	FaultErrors   map[Kind]int // faults that failed to run (overlap faults only; a topology error ends the run)
-	Lost          int          // the largest count of lost batches over all checks
-	Stale         int          // the largest count of stale completions over all checks
-	DoneTwice     int
-	Overlaps      int
-	Duplicates    map[Kind]int // duplicates attributed to the fault in progress ("" none)
-	DupLosing     int          // duplicates attributed to faults that lose commits
-	DupNotLosing  int          // ...to other faults or none
-	FaultsLosing  int          // faults of kinds that lose commits
-	SlowDetection int          // faults whose endpoint moved 30 s or more after the fault
+	Faults       map[Kind]int // faults run, by kind
+	FaultErrors  map[Kind]int // faults that failed to run (overlap faults only; a topology error ends the run)
+	Lost         int          // the largest count of lost batches over all checks
+	Stale        int          // the largest count of stale completions over all checks
+	DoneTwice    int
+	Overlaps     int
+	Duplicates   map[Kind]int // duplicates attributed to the fault in progress ("" none)
+	DupLosing    int          // duplicates attributed to faults that lose commits
+	DupNotLosing int          // ...to other faults or none
+	// Delivered twice (both runs did all their work), attributed the same way.
+	TwiceLosing, TwiceNotLosing int
+	FaultsLosing                int // faults of kinds that lose commits
+	SlowDetection               int // faults whose endpoint moved 30 s or more after the fault
 	// AckedAroundLosing counts the batches acknowledged around faults that lose commits
 	// (from AroundLosing before such a fault began to AroundLosing after it ended): the
 	// batches such a fault puts at risk, against which DupLosing is judged.
@@ -65,8 +67,8 @@ func (r *ChaosResult) Broken() bool { return r.Lost > 0 || r.Stale > 0 || r.Done
 
 // String summarizes the result.
 func (r *ChaosResult) String() string {
-	return fmt.Sprintf("seed=%d faults=%v fault_errors=%v lost=%d stale_completions=%d done_twice=%d slow_detection=%d duplicates=%v (losing faults %d: %d of %d acknowledged around them, others: %d) overlaps=%d commits_lost=%d recovery p50=%s p99=%s max=%s (%d samples; %d more under latency) timeouts=%d",
-		r.Schedule.Seed, r.Faults, r.FaultErrors, r.Lost, r.Stale, r.DoneTwice, r.SlowDetection, r.Duplicates, r.FaultsLosing, r.DupLosing, r.AckedAroundLosing, r.DupNotLosing,
+	return fmt.Sprintf("seed=%d faults=%v fault_errors=%v lost=%d stale_completions=%d done_twice=%d slow_detection=%d duplicates=%v (losing faults %d: %d of %d acknowledged around them, others: %d; delivered twice: %d / %d) overlaps=%d commits_lost=%d recovery p50=%s p99=%s max=%s (%d samples; %d more under latency) timeouts=%d",
+		r.Schedule.Seed, r.Faults, r.FaultErrors, r.Lost, r.Stale, r.DoneTwice, r.SlowDetection, r.Duplicates, r.FaultsLosing, r.DupLosing, r.AckedAroundLosing, r.DupNotLosing, r.TwiceLosing, r.TwiceNotLosing,
 		r.Overlaps, r.CommitsLost, r.RecoveryP50.Round(time.Millisecond), r.RecoveryP99.Round(time.Millisecond), r.RecoveryMax.Round(time.Millisecond),
 		len(r.Recoveries), len(r.SlowedRecoveries), r.RecoveryTimeouts)
 }
@@ -247,6 +249,13 @@ func (r *ChaosResult) summarize(lease time.Duration, acks []time.Time) {
 		}
 	}
 	tail := lease + 2*time.Second // a duplicate shows up at most a lease after its fault
+	for _, at := range r.Final.DeliveredTwiceAt {
+		if by := r.faultAt(at, tail); by != nil && by.Fault.Kind.LosesCommits() {
+			r.TwiceLosing++
+		} else {
+			r.TwiceNotLosing++
+		}
+	}
 	for _, at := range r.Final.DuplicateAt {
 		var by *Outcome
 		for _, o := range r.Outcomes {
@@ -268,6 +277,17 @@ func (r *ChaosResult) summarize(lease time.Duration, acks []time.Time) {
 	r.RecoveryP50 = Percentile(r.Recoveries, 50)
 	r.RecoveryP99 = Percentile(r.Recoveries, 99)
 	r.RecoveryMax = Percentile(r.Recoveries, 100)
+}
+
+// faultAt returns the latest fault under way at (or ended less than tail before it), or nil.
+func (r *ChaosResult) faultAt(at time.Time, tail time.Duration) *Outcome {
+	var by *Outcome
+	for _, o := range r.Outcomes {
+		if !at.Before(o.Began) && at.Before(o.Restored.Add(tail)) && (by == nil || o.Began.After(by.Began)) {
+			by = o
+		}
+	}
+	return by
 }
 
 // slowed reports whether a latency fault other than o overlapped rec's recovery, which took d.

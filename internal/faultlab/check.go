@@ -28,6 +28,11 @@ type Report struct {
 	// for each, when the second run started.
 	Duplicates  int
 	DuplicateAt []time.Time
+	// DeliveredTwice are the duplicates of which at least two runs did all their work (the
+	// others' earlier runs were cut short: cancelled, killed, fenced); DeliveredTwiceAt holds
+	// when the second complete run started.
+	DeliveredTwice   int
+	DeliveredTwiceAt []time.Time
 	// Overlaps are pairs of executions of one key that overlapped longer than the margin;
 	// MaxOverlap is the longest overlap seen (margin or not).
 	Overlaps   int
@@ -36,8 +41,8 @@ type Report struct {
 
 // String is a one-line summary.
 func (r *Report) String() string {
-	return fmt.Sprintf("acked=%d completed=%d queued=%d lost=%d done_twice=%d stale_completions=%d duplicates=%d overlaps=%d max_overlap=%s executions=%d",
-		r.Acked, r.Completed, r.Queued, r.Lost, r.DoneTwice, r.StaleCompletions, r.Duplicates, r.Overlaps, r.MaxOverlap.Round(time.Millisecond), r.Executions)
+	return fmt.Sprintf("acked=%d completed=%d queued=%d lost=%d done_twice=%d stale_completions=%d duplicates=%d delivered_twice=%d overlaps=%d max_overlap=%s executions=%d",
+		r.Acked, r.Completed, r.Queued, r.Lost, r.DoneTwice, r.StaleCompletions, r.Duplicates, r.DeliveredTwice, r.Overlaps, r.MaxOverlap.Round(time.Millisecond), r.Executions)
 }
 
 // Broken reports whether an invariant is broken: a lost batch, a batch completed twice, or a
@@ -184,6 +189,16 @@ WHERE d.queue = $1`, l.cfg.Queue)
 		slices.SortFunc(es, func(a, b Execution) int { return a.Start.Compare(b.Start) })
 		rep.Duplicates++
 		rep.DuplicateAt = append(rep.DuplicateAt, es[1].Start)
+		var done []Execution
+		for _, e := range es {
+			if e.Done {
+				done = append(done, e)
+			}
+		}
+		if len(done) > 1 {
+			rep.DeliveredTwice++
+			rep.DeliveredTwiceAt = append(rep.DeliveredTwiceAt, done[1].Start)
+		}
 		for i := range es {
 			endI := es[i].End
 			if endI.IsZero() {
@@ -206,6 +221,7 @@ WHERE d.queue = $1`, l.cfg.Queue)
 		}
 	}
 	slices.SortFunc(rep.DuplicateAt, time.Time.Compare)
+	slices.SortFunc(rep.DeliveredTwiceAt, time.Time.Compare)
 	return rep, nil
 }
 

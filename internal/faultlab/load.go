@@ -118,6 +118,9 @@ type Execution struct {
 	Runner  string
 	Start   time.Time
 	End     time.Time // zero while running (or for a killed worker's batch until the kill is recorded)
+	// Done: the handler did all its work (returned nil, not cancelled): the batch was
+	// delivered by this run.
+	Done bool
 }
 
 // EnqueueCall is one Enqueue of a producer, as the producer saw it.
@@ -232,6 +235,7 @@ func (l *Load) handler(name string) queue.HandlerFunc {
 		}
 		l.mu.Lock()
 		e.End = time.Now()
+		e.Done = err == nil
 		l.mu.Unlock()
 		return err
 	}

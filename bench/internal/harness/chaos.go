@@ -65,6 +65,8 @@ func runChaos(ctx context.Context, cfg *Config, rep *Report, prog *progress) err
 		add("duplicates_per_other_fault", float64(res.DupNotLosing)/float64(total-losing), "batches")
 	}
 	add("duplicates_without_fault", float64(res.Duplicates[""]), "batches")
+	add("delivered_twice_losing_faults", float64(res.TwiceLosing), "batches")
+	add("delivered_twice_other_faults", float64(res.TwiceNotLosing), "batches")
 	add("recovery_p50_ms", ms(res.RecoveryP50), "ms", "samples", len(res.Recoveries))
 	add("recovery_p99_ms", ms(res.RecoveryP99), "ms", "samples", len(res.Recoveries))
 	add("recovery_max_ms", ms(res.RecoveryMax), "ms", "samples", len(res.Recoveries))
