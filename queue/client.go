@@ -54,6 +54,9 @@ type Client struct {
 	journal            *journal[EnqueueParams] // acknowledged keyed enqueues, when the DB reports writer changes
 	reassertedEnqueues atomic.Int64
 	closing            atomic.Bool
+
+	runnersMu sync.Mutex
+	runners   map[*Runner]struct{} // started and not yet stopped
 	quit               chan struct{}
 	bg                 sync.WaitGroup
 }
@@ -165,6 +168,9 @@ func (c *Client) Close() error {
 		return nil
 	}
 	var err error
+	if n := c.stopRunners(); n > 0 {
+		c.log.Warn("Close stopped runners that were still running; stop runners before closing their client", zap.Int("runners", n))
+	}
 	if _, pending := c.journal.counts(); pending > 0 {
 		window := c.cfg.RetryWindow
 		if window <= 0 {
@@ -339,4 +345,46 @@ func (c *Client) checkTables(ctx context.Context) error {
 		return fmt.Errorf("check tables in schema %q: database unusable: %w", short(c.cfg.Schema), err)
 	}
 	return nil
+}
+
+// register notes a started runner, so that Close can stop it.
+func (c *Client) register(r *Runner) {
+	c.runnersMu.Lock()
+	defer c.runnersMu.Unlock()
+	if c.runners == nil {
+		c.runners = map[*Runner]struct{}{}
+	}
+	c.runners[r] = struct{}{}
+}
+
+// unregister forgets a stopped runner.
+func (c *Client) unregister(r *Runner) {
+	c.runnersMu.Lock()
+	defer c.runnersMu.Unlock()
+	delete(c.runners, r)
+}
+
+// stopRunners stops the client's running runners, concurrently, and
+// returns how many there were.
+func (c *Client) stopRunners() int {
+	c.runnersMu.Lock()
+	rs := make([]*Runner, 0, len(c.runners))
+	for r := range c.runners {
+		rs = append(rs, r)
+	}
+	c.runnersMu.Unlock()
+	var wg sync.WaitGroup
+	for _, r := range rs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), c.cfg.OpTimeout)
+			defer cancel()
+			if err := r.StopAndCancel(ctx); err != nil {
+				c.log.Warn("stopping a runner at Close", zap.String("queue", r.cfg.Queue), zap.Error(err))
+			}
+		}()
+	}
+	wg.Wait()
+	return len(rs)
 }

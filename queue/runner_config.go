@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
@@ -203,8 +204,8 @@ func (c *RunnerConfig) validate() error {
 		return argError(op, "PruneInterval", "%s is below 1s", c.PruneInterval)
 	case c.HandlerGrace < time.Millisecond || c.HandlerGrace > MaxLeaseDuration:
 		return argError(op, "HandlerGrace", "%s is outside 1ms..%s", c.HandlerGrace, MaxLeaseDuration)
-	case len(c.Owner) > MaxOwnerBytes || containsNUL(c.Owner):
-		return argError(op, "Owner", "longer than %d bytes or contains NUL", MaxOwnerBytes)
+	case len(c.Owner) > MaxOwnerBytes || containsNUL(c.Owner) || !utf8.ValidString(c.Owner):
+		return argError(op, "Owner", "longer than %d bytes, or not valid UTF-8, or contains NUL", MaxOwnerBytes)
 	}
 	return nil
 }

@@ -70,6 +70,7 @@ func (r *Runner) Start(ctx context.Context) error {
 	}
 	go r.claimLoop()
 	r.state = stateRunning
+	r.c.register(r)
 	r.log.Info("runner started",
 		zap.Int("concurrency", r.cfg.Concurrency),
 		zap.Int("claim_size", r.cfg.ClaimSize),
@@ -115,8 +116,13 @@ func (r *Runner) stop(ctx context.Context, cancel bool) error {
 	close(r.stopClaims)
 	// A claim in flight when Stop began still dispatches its batches; wait
 	// for the loop to see the stop (at most one round trip), so the set of
-	// handlers waited for below is complete.
-	<-r.claimsDone
+	// handlers waited for below is complete. If ctx ends first, handlers are
+	// cancelled, and so is any the claim in flight still dispatches.
+	select {
+	case <-r.claimsDone:
+	case <-ctx.Done():
+		cancel = true
+	}
 	if cancel {
 		r.cancelAll(ErrShutdown)
 	}
@@ -131,6 +137,13 @@ func (r *Runner) stop(ctx context.Context, cancel bool) error {
 	select {
 	case <-handlersDone:
 	case <-ctx.Done():
+		if r.running() == 0 {
+			<-handlersDone // nothing to cut short: the last one is returning
+		}
+	}
+	select {
+	case <-handlersDone: // also when ctx was done already but nothing was running
+	default:
 		stopErr = ctx.Err()
 		r.cancelAll(ErrShutdown)
 		grace := time.NewTimer(r.cfg.FenceMargin)
@@ -183,6 +196,7 @@ func (r *Runner) stop(ctx context.Context, cancel bool) error {
 	r.mu.Lock()
 	r.state = stateStopped
 	r.mu.Unlock()
+	r.c.unregister(r)
 	close(r.stopped)
 	st := r.Stats()
 	r.log.Info("runner stopped",
