@@ -57,8 +57,8 @@ type Client struct {
 
 	runnersMu sync.Mutex
 	runners   map[*Runner]struct{} // started and not yet stopped
-	quit               chan struct{}
-	bg                 sync.WaitGroup
+	quit      chan struct{}
+	bg        sync.WaitGroup
 }
 
 // New returns a Client on db. It does not touch the database; tables must
