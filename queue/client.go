@@ -52,8 +52,13 @@ type Client struct {
 
 	watcher            WriterWatcher           // the DB, when it reports writer changes
 	journal            *journal[EnqueueParams] // acknowledged keyed enqueues, when the DB reports writer changes
+	done               *journal[Completion]    // completions its runners acknowledged, likewise
 	reassertedEnqueues atomic.Int64
+	reassertedDone     atomic.Int64
 	closing            atomic.Bool
+
+	advanceMu sync.Mutex
+	advanced  [4]<-chan struct{} // the writer changes the journals last advanced for
 
 	runnersMu sync.Mutex
 	runners   map[*Runner]struct{} // started and not yet stopped
@@ -89,15 +94,33 @@ func New(db DB, cfg *Config) (*Client, error) {
 	if w, ok := db.(WriterWatcher); ok && cfg.JournalWindow > 0 {
 		c.watcher = w
 		c.journal = newJournal[EnqueueParams](cfg.JournalWindow)
-		c.bg.Add(2)
+		c.done = newJournal[Completion](cfg.JournalWindow)
+		c.bg.Add(3)
 		go func() {
 			defer c.bg.Done()
-			watchWriter(w, c.quit, c.journal.advance)
+			changed := w.WriterChanged()
+			for {
+				select {
+				case <-c.quit:
+					return
+				case <-changed:
+				}
+				next := w.WriterChanged()
+				c.advance(changed)
+				changed = next
+			}
 		}()
 		go func() {
 			defer c.bg.Done()
 			c.journal.assertLoop(c.quit, c.assertEnqueues, func(err error, pending int) {
 				c.log.Warn("could not assert journaled enqueues on the current writer; retrying",
+					zap.Int("pending", pending), zap.Error(err))
+			})
+		}()
+		go func() {
+			defer c.bg.Done()
+			c.done.assertLoop(c.quit, c.assertCompletions, func(err error, pending int) {
+				c.log.Warn("could not assert journaled completions on the current writer; retrying",
 					zap.Int("pending", pending), zap.Error(err))
 			})
 		}()
@@ -143,13 +166,23 @@ type JournalStats struct {
 	// Reasserted is how many journaled enqueues a new writer was missing
 	// and got again, since the client was created.
 	Reasserted int64
+	// Completions and PendingCompletions are the same for the completions
+	// the client's runners acknowledged; ReassertedCompletions counts those
+	// a new writer was missing and got again. While completions are pending
+	// after a writer change, the client's runners hold back new claims (up
+	// to a couple of seconds), so that a batch finished on a discarded
+	// writer is recorded before it can be claimed again.
+	Completions, PendingCompletions int
+	ReassertedCompletions           int64
 }
 
 // JournalStats returns the state of the client's journal. It does not
 // block on the database.
 func (c *Client) JournalStats() JournalStats {
 	n, pending := c.journal.counts()
-	return JournalStats{Journaled: n, Pending: pending, Reasserted: c.reassertedEnqueues.Load()}
+	dn, dpending := c.done.counts()
+	return JournalStats{Journaled: n, Pending: pending, Reasserted: c.reassertedEnqueues.Load(),
+		Completions: dn, PendingCompletions: dpending, ReassertedCompletions: c.reassertedDone.Load()}
 }
 
 // Close stops the client's LISTEN connection and its writer watcher, and
@@ -171,14 +204,22 @@ func (c *Client) Close() error {
 	if n := c.stopRunners(); n > 0 {
 		c.log.Warn("Close stopped runners that were still running; stop runners before closing their client", zap.Int("runners", n))
 	}
-	if _, pending := c.journal.counts(); pending > 0 {
-		window := c.cfg.RetryWindow
-		if window <= 0 {
-			window = c.cfg.OpTimeout
+	window := c.cfg.RetryWindow
+	if window <= 0 {
+		window = c.cfg.OpTimeout
+	}
+	if _, pending := c.done.counts(); pending > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), window)
+		if n := c.done.flush(ctx, c.assertCompletions); n > 0 {
+			err = fmt.Errorf("close: %d completions acknowledged by a replaced writer could not be asserted on the current one; those batches may run again: %w", n, ErrNotReasserted)
+			c.log.Error("closing with journaled completions not asserted on the current writer", zap.Int("pending", n))
 		}
+		cancel()
+	}
+	if _, pending := c.journal.counts(); pending > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), window)
 		if n := c.journal.flush(ctx, c.assertEnqueues); n > 0 {
-			err = fmt.Errorf("close: %d acknowledged keyed enqueues could not be asserted on the current writer: %w", n, ErrNotReasserted)
+			err = errors.Join(err, fmt.Errorf("close: %d acknowledged keyed enqueues could not be asserted on the current writer: %w", n, ErrNotReasserted))
 			c.log.Error("closing with journaled enqueues not asserted on the current writer", zap.Int("pending", n))
 		}
 		cancel()
@@ -387,4 +428,48 @@ func (c *Client) stopRunners() int {
 	}
 	wg.Wait()
 	return len(rs)
+}
+
+// assertCompletions asserts journaled completions on the current writer.
+func (c *Client) assertCompletions(ctx context.Context, cs []Completion) error {
+	n, err := c.ReassertCompleted(ctx, cs)
+	if err != nil {
+		return err
+	}
+	c.reassertedDone.Add(int64(n))
+	lvl := zap.DebugLevel
+	if n > 0 {
+		lvl = zap.WarnLevel
+	}
+	c.log.Log(lvl, "asserted journaled completions on the current writer", zap.Int("journaled", len(cs)), zap.Int("restored", n))
+	return nil
+}
+
+// settling reports whether a writer change left completions to be
+// asserted on the current writer; the client's runners hold back new
+// claims meanwhile (see reassertGate).
+func (c *Client) settling() bool {
+	_, pending := c.done.counts()
+	return pending > 0
+}
+
+// advance starts a new epoch of the journals for the writer change that
+// closed changed, once: the client's watcher and its runners' claim loops
+// (which must not claim on a new writer before the journaled completions
+// are pending) all call it.
+func (c *Client) advance(changed <-chan struct{}) {
+	if c.journal == nil {
+		return
+	}
+	c.advanceMu.Lock()
+	defer c.advanceMu.Unlock()
+	for _, ch := range c.advanced {
+		if ch == changed {
+			return // a late caller of an earlier change
+		}
+	}
+	copy(c.advanced[1:], c.advanced[:])
+	c.advanced[0] = changed
+	c.done.advance()
+	c.journal.advance()
 }

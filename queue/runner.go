@@ -104,8 +104,6 @@ type Runner struct {
 	fenceNext atomic.Int64   // the fence loop's next wake-up on the runner's clock; MaxInt64 when none
 
 	stats runnerCounters
-
-	completedJournal *journal[Completion] // acknowledged completions, when the DB reports writer changes
 }
 
 type runnerState int
@@ -184,7 +182,7 @@ func (j *job) outcome() jobOutcome {
 type runnerCounters struct {
 	claimed, completed, retried, dead, released, leaseLost, panics atomic.Int64
 	heartbeatErrors, roundTripErrors, reclaimed                    atomic.Int64
-	reasserted, retaken, reconfirms                                atomic.Int64
+	retaken, reconfirms                                            atomic.Int64
 	goexits, timedOut, abandoned, stuck                            atomic.Int64
 }
 
@@ -209,7 +207,7 @@ type RunnerStats struct {
 	HeartbeatErrors int64 // lease renewals that failed as a whole
 	RoundTripErrors int64 // claim/acknowledge round trips that failed (and were retried)
 	Reclaimed       int64 // expired leases of the queue made claimable again by this runner
-	Reasserted      int64 // completions a new writer had lost, asserted again after a failover
+	Reasserted      int64 // completions a new writer had lost, asserted again after a failover: the client's figure, shared by all its runners
 	Retaken         int64 // batches whose claim a new writer had lost, taken again under the same lease
 	Reconfirms      int64 // successful re-confirmations of all held leases after a writer change
 	Running         int   // handlers running now
@@ -276,11 +274,11 @@ func (r *Runner) Stats() RunnerStats {
 		HeartbeatErrors: s.heartbeatErrors.Load(),
 		RoundTripErrors: s.roundTripErrors.Load(),
 		Reclaimed:       s.reclaimed.Load(),
-		Reasserted:      s.reasserted.Load(),
 		Retaken:         s.retaken.Load(),
 		Reconfirms:      s.reconfirms.Load(),
 		Running:         r.running(),
-		PendingReassert: pendingOf(r.completedJournal),
+		PendingReassert: pendingOf(r.c.done),
+		Reasserted:      r.c.reassertedDone.Load(),
 	}
 }
 

@@ -35,6 +35,8 @@ func (r *Runner) claimLoop() {
 		poll      = time.NewTicker(r.cfg.PollInterval)
 		watcher   WriterWatcher
 		changed   <-chan struct{}
+		gateSince time.Time        // when claims began waiting for re-asserted completions
+		gateC     <-chan time.Time // the next look at whether they still must
 	)
 	if w, ok := r.c.db.(WriterWatcher); ok {
 		watcher, changed = w, w.WriterChanged()
@@ -56,6 +58,15 @@ func (r *Runner) claimLoop() {
 		}
 		busy := r.cfg.Concurrency - free
 		canClaim := !stopping && free > 0 && (want || backlog) && (free >= threshold || busy == 0)
+		if canClaim && r.gated(&gateSince) {
+			// After a writer change, completions the old writer acknowledged
+			// are recorded on the new one first: a claim now could run
+			// again a batch that was finished on the discarded side.
+			canClaim = false
+			if gateC == nil {
+				gateC = time.After(gateRecheck)
+			}
+		}
 		if retryC == nil && (len(pending) > 0 || canClaim || (!stopping && r.cleanupDue())) {
 			n := 0
 			if canClaim {
@@ -109,8 +120,12 @@ func (r *Runner) claimLoop() {
 			want = true
 		case <-retryC:
 			retryC = nil
+		case <-gateC:
+			gateC = nil
 		case <-changed:
-			// A new writer: retry at once instead of waiting out the backoff.
+			// A new writer: retry at once instead of waiting out the backoff,
+			// once the journals know (see gated).
+			r.c.advance(changed)
 			changed = watcher.WriterChanged()
 			retryC = nil
 			want = true
@@ -224,7 +239,7 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 		b.Queue(sql.release, ids, tokens)
 	}
 	token := newToken()
-	epoch, changed := r.completedJournal.epochNow(), r.writerChanged()
+	epoch, changed := r.c.done.epochNow(), r.c.writerChanged()
 	if n > 0 {
 		b.Queue(sql.claim, r.cfg.Queue, n, token, r.cfg.Owner, r.cfg.LeaseDuration.Microseconds())
 	}
@@ -414,7 +429,7 @@ func (r *Runner) settle(epoch int64, changed bool, completes []*job, completed m
 		}
 	}
 	r.stats.leaseLost.Add(int64(lost))
-	r.completedJournal.add(epoch, changed, journaled...)
+	r.c.done.add(epoch, changed, journaled...)
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -466,26 +481,25 @@ func (r *Runner) dispatch(claimed []batch.Batch, sent time.Time) {
 // clock returns t on the runner's monotonic clock, in nanoseconds.
 func (r *Runner) clock(t time.Time) int64 { return int64(t.Sub(r.epoch)) }
 
-// writerChanged returns the channel closed at the next writer change, or
-// nil without a completion journal.
-func (r *Runner) writerChanged() <-chan struct{} {
-	if r.completedJournal == nil {
-		return nil
-	}
-	return r.c.db.(WriterWatcher).WriterChanged()
-}
+// reassertGate bounds how long a runner holds back claims after a writer
+// change while the client's journaled completions are asserted on the new
+// writer; gateRecheck is how often it looks.
+const (
+	reassertGate = 2 * time.Second
+	gateRecheck  = 5 * time.Millisecond
+)
 
-// assertCompletions asserts journaled completions on the current writer.
-func (r *Runner) assertCompletions(ctx context.Context, cs []Completion) error {
-	n, err := r.c.ReassertCompleted(ctx, cs)
-	if err != nil {
-		return err
+// gated reports whether claims must wait for re-asserted completions:
+// the client has some pending, for less than reassertGate so far (since
+// *since, which it keeps).
+func (r *Runner) gated(since *time.Time) bool {
+	if !r.c.settling() {
+		*since = time.Time{}
+		return false
 	}
-	r.stats.reasserted.Add(int64(n))
-	lvl := zap.DebugLevel
-	if n > 0 {
-		lvl = zap.WarnLevel
+	now := time.Now()
+	if since.IsZero() {
+		*since = now
 	}
-	r.log.Log(lvl, "asserted journaled completions on the current writer", zap.Int("journaled", len(cs)), zap.Int("restored", n))
-	return nil
+	return now.Sub(*since) < reassertGate
 }

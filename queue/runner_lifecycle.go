@@ -53,21 +53,6 @@ func (r *Runner) Start(ctx context.Context) error {
 	for i := 0; i < r.cfg.Concurrency; i++ {
 		go r.worker()
 	}
-	if w, ok := r.c.db.(WriterWatcher); ok && r.c.cfg.JournalWindow > 0 {
-		r.completedJournal = newJournal[Completion](r.c.cfg.JournalWindow)
-		r.bg.Add(2)
-		go func() {
-			defer r.bg.Done()
-			watchWriter(w, bgCtx.Done(), r.completedJournal.advance)
-		}()
-		go func() {
-			defer r.bg.Done()
-			r.completedJournal.assertLoop(bgCtx.Done(), r.assertCompletions, func(err error, pending int) {
-				r.log.Warn("could not assert journaled completions on the current writer; retrying",
-					zap.Int("pending", pending), zap.Error(err))
-			})
-		}()
-	}
 	go r.claimLoop()
 	r.state = stateRunning
 	r.c.register(r)
@@ -210,7 +195,7 @@ func (r *Runner) stop(ctx context.Context, cancel bool) error {
 // pending, within ctx (or one round-trip timeout if ctx is done), and
 // returns how many are still pending.
 func (r *Runner) flushCompletions(ctx context.Context) int {
-	if _, pending := r.completedJournal.counts(); pending == 0 {
+	if _, pending := r.c.done.counts(); pending == 0 {
 		return 0
 	}
 	if ctx.Err() != nil {
@@ -218,7 +203,7 @@ func (r *Runner) flushCompletions(ctx context.Context) int {
 		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), r.rtTimeout)
 		defer cancel()
 	}
-	return r.completedJournal.flush(ctx, r.assertCompletions)
+	return r.c.done.flush(ctx, r.c.assertCompletions)
 }
 
 // cancelAll cancels the context of every running handler.

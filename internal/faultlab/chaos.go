@@ -176,7 +176,7 @@ func Chaos(ctx context.Context, c *Cluster, l *Load, sched *Schedule, logf func(
 				runErr = err
 				break
 			}
-			logf("faultlab: check after quiet period %d: %s", qi+1, rep)
+			logf("faultlab: check after quiet period %d: %s %s", qi+1, rep, rep.LostDetail())
 			res.Checks = append(res.Checks, rep)
 			qi++
 			continue
@@ -202,7 +202,7 @@ func Chaos(ctx context.Context, c *Cluster, l *Load, sched *Schedule, logf func(
 	if err != nil {
 		return res, err
 	}
-	logf("faultlab: final check: %s", final)
+	logf("faultlab: final check: %s %s", final, final.LostDetail())
 	res.Final = final
 	res.Checks = append(res.Checks, final)
 	res.summarize(l.Config().Lease, l.AckTimes())

@@ -45,6 +45,14 @@ func (r *Report) String() string {
 		r.Acked, r.Completed, r.Queued, r.Lost, r.DoneTwice, r.StaleCompletions, r.Duplicates, r.DeliveredTwice, r.Overlaps, r.MaxOverlap.Round(time.Millisecond), r.Executions)
 }
 
+// LostDetail lists the first lost keys with when they were acknowledged, for a log.
+func (r *Report) LostDetail() string {
+	if r.Lost == 0 {
+		return ""
+	}
+	return fmt.Sprintf("lost keys (first %d): %v", len(r.LostKeys), r.LostKeys)
+}
+
 // Broken reports whether an invariant is broken: a lost batch, a batch completed twice, or a
 // stale completion. Duplicates and overlaps are reported, not judged here.
 func (r *Report) Broken() bool { return r.Lost > 0 || r.DoneTwice > 0 || r.StaleCompletions > 0 }
@@ -58,9 +66,11 @@ func (r *Report) Broken() bool { return r.Lost > 0 || r.DoneTwice > 0 || r.Stale
 func (l *Load) Check(ctx context.Context, final *pgxpool.Pool, cutoff time.Time) (*Report, error) {
 	l.mu.Lock()
 	keys := make([]string, 0, len(l.acked))
+	ackAt := make(map[string]time.Time, len(l.acked))
 	for k, at := range l.acked {
 		if cutoff.IsZero() || at.Before(cutoff) {
 			keys = append(keys, k)
+			ackAt[k] = at
 		}
 	}
 	l.mu.Unlock()
@@ -88,7 +98,7 @@ LEFT JOIN `+s("batch_key")+` k ON k.queue = $1 AND k.idempotency_key = u.key`, l
 		case id == nil, done == 0 && !queued:
 			rep.Lost++
 			if len(rep.LostKeys) < 10 {
-				rep.LostKeys = append(rep.LostKeys, key)
+				rep.LostKeys = append(rep.LostKeys, key+" (acknowledged "+ackAt[key].Format("15:04:05.000")+")")
 			}
 		case done > 1:
 			rep.DoneTwice++

@@ -108,3 +108,16 @@ func (c *Cluster) promote(ctx context.Context, i int) error {
 	}
 	return nil
 }
+
+// writable makes node i, already writable again, the writer. With rotating credentials, the
+// current password is applied on it again: rotations made while another node was the writer
+// are lost with that node's commits.
+func (c *Cluster) writable(ctx context.Context, i int) error {
+	c.setWriter(i)
+	if cr := c.credentials(); cr != nil {
+		cr.mu.Lock()
+		defer cr.mu.Unlock()
+		return c.Nodes[i].SetRolePassword(ctx, cr.role, cr.pw)
+	}
+	return nil
+}

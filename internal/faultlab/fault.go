@@ -212,7 +212,11 @@ func run(ctx context.Context, c *Cluster, l *Load, f Fault, o *Outcome) error {
 		if err := c.Nodes[w].UndoReadOnly(ctx); err != nil {
 			return err
 		}
-		c.setWriter(w)
+		// A rotation made on the other side is lost with its commits: the
+		// credential service's current password is applied here again.
+		if err := c.writable(ctx, w); err != nil {
+			return err
+		}
 		c.Proxy.SetTarget(c.Addr(w))
 		return o.recover(ctx, l, "flip back", time.Now())
 	case SplitBrain:
