@@ -540,23 +540,28 @@ func (c *Client) ReassertCompleted(ctx context.Context, refs []Completion) (rest
 			ids[i], tokens[i], created[i] = r.Ref.ID, r.Ref.Token, r.CreatedAt
 			queues[i], keys[i], attempts[i] = r.Queue, r.Key, int32(max(r.Attempt, 1))
 		}
-		// Two statements in one transaction: the first claims missing keys
+		// Two statements in one pipelined batch, which runs as one implicit
+		// transaction in one round trip: the first claims missing keys
 		// (waiting for an enqueue of the same key re-asserted concurrently),
 		// the second, with a snapshot taken after that, finishes or records
 		// the batches. Apart, a key claimed without its completion record
 		// would hide the batch for good.
-		err := pgx.BeginFunc(ctx, c.db, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, c.sql.reassertKeys, queues, keys, c.sql.sequence); err != nil {
-				return err
+		b := &pgx.Batch{}
+		b.Queue(c.sql.reassertKeys, queues, keys, c.sql.sequence)
+		b.Queue(c.sql.reassertComplete, ids, tokens, created, queues, keys, attempts, c.sql.sequence)
+		br := c.db.SendBatch(ctx, b)
+		_, err := br.Exec()
+		if err == nil {
+			var rows pgx.Rows
+			if rows, err = br.Query(); err == nil {
+				var recorded []int64
+				recorded, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+				restored = len(recorded)
 			}
-			rows, err := tx.Query(ctx, c.sql.reassertComplete, ids, tokens, created, queues, keys, attempts, c.sql.sequence)
-			if err != nil {
-				return err
-			}
-			recorded, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-			restored = len(recorded)
-			return err
-		})
+		}
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
 		if err != nil {
 			return fmt.Errorf("reassert %d completions: %w", len(refs), err)
 		}
