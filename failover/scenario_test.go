@@ -87,10 +87,7 @@ func runScenario(t *testing.T, f faultlab.Fault, opts *pgtest.Options, setup fun
 		}
 	}
 	rep := finish(t, c, l)
-	var reassertedDone int64
-	for _, r := range l.Runners {
-		reassertedDone += r.Stats().Reasserted
-	}
+	reassertedDone := l.Client.JournalStats().ReassertedCompletions // the runners share the client
 	t.Logf("%s: %s commits_lost_at_promotion=%d reasserted_enqueues=%d reasserted_completions=%d generations=%d",
 		f.Kind, rep, o.CommitsLost, l.Client.ReassertedEnqueues(), reassertedDone, pool.Generation())
 	return &scenarioRun{c: c, l: l, o: o, rep: rep}

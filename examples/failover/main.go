@@ -245,10 +245,7 @@ func run() error {
 		}
 		return true
 	})
-	var reasserted int64
-	for _, r := range runners {
-		reasserted += r.Stats().Reasserted
-	}
+	reasserted := client.JournalStats().ReassertedCompletions // the runners share the client
 
 	fmt.Println("\ntimeline:")
 	tl.mu.Lock()
