@@ -170,7 +170,7 @@ type JournalStats struct {
 	// the client's runners acknowledged; ReassertedCompletions counts those
 	// a new writer was missing and got again. While completions are pending
 	// after a writer change, the client's runners hold back new claims (up
-	// to a couple of seconds), so that a batch finished on a discarded
+	// to 5 s), so that a batch finished on a discarded
 	// writer is recorded before it can be claimed again.
 	Completions, PendingCompletions int
 	ReassertedCompletions           int64

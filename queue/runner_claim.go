@@ -485,7 +485,7 @@ func (r *Runner) clock(t time.Time) int64 { return int64(t.Sub(r.epoch)) }
 // change while the client's journaled completions are asserted on the new
 // writer; gateRecheck is how often it looks.
 const (
-	reassertGate = 2 * time.Second
+	reassertGate = 5 * time.Second
 	gateRecheck  = 5 * time.Millisecond
 )
 
