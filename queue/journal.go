@@ -259,7 +259,10 @@ func (j *journal[T]) assertLoop(stop <-chan struct{}, assert func(ctx context.Co
 		case <-ctx.Done():
 		}
 	}()
-	bo := newBackOff(50*time.Millisecond, 2*time.Second)
+	// Short waits: claims of the client's runners wait for pending
+	// completions (see Runner.gated), and the pool itself paces attempts
+	// while no writer is reachable (it waits WriterWait in each).
+	bo := newBackOff(25*time.Millisecond, 250*time.Millisecond)
 	for {
 		select {
 		case <-stop:
@@ -290,6 +293,7 @@ func (j *journal[T]) assertLoop(stop <-chan struct{}, assert func(ctx context.Co
 			case <-t.C:
 			case <-j.kick: // a writer change: try the new writer now
 				t.Stop()
+				bo.Reset()
 			}
 		}
 	}

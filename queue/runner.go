@@ -104,6 +104,8 @@ type Runner struct {
 	fenceNext atomic.Int64   // the fence loop's next wake-up on the runner's clock; MaxInt64 when none
 
 	stats runnerCounters
+
+	claimEpoch int64 // the journal epoch of the last claim sent (claim loop only)
 }
 
 type runnerState int
@@ -120,6 +122,7 @@ const (
 type job struct {
 	b      batch.Batch
 	ref    Ref
+	epoch  int64 // the client's journal epoch when the claim was sent (see Runner.settle)
 	cancel context.CancelCauseFunc
 	ctx    context.Context
 	// fenceAt is when, on the runner's clock (see Runner.clock), the

@@ -240,6 +240,7 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 	}
 	token := newToken()
 	epoch, changed := r.c.done.epochNow(), r.c.writerChanged()
+	r.claimEpoch = epoch
 	if n > 0 {
 		b.Queue(sql.claim, r.cfg.Queue, n, token, r.cfg.Owner, r.cfg.LeaseDuration.Microseconds())
 	}
@@ -397,15 +398,29 @@ func refsOf(jobs []*job) []Ref {
 // when the round trip started), the journal asserts them on the new writer.
 func (r *Runner) settle(epoch int64, changed bool, completes []*job, completed map[int64]bool, fails []*job, failRes map[int64]bool, releases []*job, released map[int64]bool) {
 	lost := 0
-	var journaled []Completion
+	var journaled, orphaned []Completion
 	for _, j := range completes {
-		if completed[j.ref.ID] {
+		c := Completion{Ref: j.ref, CreatedAt: j.b.CreatedAt, Queue: j.b.Queue, Key: j.b.IdempotencyKey, Attempt: j.b.Attempt}
+		switch {
+		case completed[j.ref.ID]:
 			r.stats.completed.Add(1)
-			journaled = append(journaled, Completion{Ref: j.ref, CreatedAt: j.b.CreatedAt, Queue: j.b.Queue, Key: j.b.IdempotencyKey, Attempt: j.b.Attempt})
-		} else {
+			journaled = append(journaled, c)
+		case j.epoch != epoch || changed:
+			// The handler finished a batch claimed on a writer that has
+			// been replaced since, and the new writer does not know the
+			// claim (a failover lost it). Asserting the completion on the
+			// current writer, by id or by key, records the work that was
+			// done instead of running the batch again.
+			r.stats.completed.Add(1)
+			orphaned = append(orphaned, c)
+		default:
 			lost++
 			r.log.Warn("completion refused: lease lost", zap.Int64("batch", j.ref.ID))
 		}
+	}
+	if len(orphaned) > 0 {
+		r.log.Info("completions of batches claimed on a replaced writer handed to the journal", zap.Int("batches", len(orphaned)))
+		r.c.done.add(epoch, true, orphaned...)
 	}
 	for _, j := range fails {
 		dead, ok := failRes[j.ref.ID]
@@ -456,6 +471,7 @@ func (r *Runner) dispatch(claimed []batch.Batch, sent time.Time) {
 		j := &jobs[i]
 		j.b = claimed[i]
 		j.ref = RefOf(&j.b)
+		j.epoch = r.claimEpoch
 		// Each handler context is a root of its own: a shared parent would
 		// make every handler start and end contend on its lock.
 		j.ctx, j.cancel = context.WithCancelCause(context.Background())

@@ -212,11 +212,17 @@ keyed AS (
     SELECT c.*, (SELECT k.batch_id FROM {s}.batch_key k WHERE k.queue = c.queue AND k.idempotency_key = c.ikey) AS kid
     FROM c
 ),
+done_now AS MATERIALIZED (
+    -- One scan of batch_done for every id in question (its index is a BRIN
+    -- on id: one bitmap scan of the recent block ranges, not one per row).
+    SELECT d.id, d.created_at FROM {s}.batch_done d
+    WHERE d.id = ANY (ARRAY(SELECT id FROM keyed UNION SELECT kid FROM keyed WHERE kid IS NOT NULL))
+),
 absent AS (
     SELECT token, created_at, queue, attempt, coalesce(kid, nextval($7::text::regclass)) AS id FROM keyed c
     WHERE NOT EXISTS (SELECT 1 FROM target t WHERE t.cid = c.id AND t.token = c.token)
-        AND NOT EXISTS (SELECT 1 FROM {s}.batch_done d
-            WHERE (d.id = c.id AND d.created_at = c.created_at) OR d.id = c.kid)
+        AND NOT EXISTS (SELECT 1 FROM done_now d WHERE d.id = c.id AND d.created_at = c.created_at)
+        AND NOT EXISTS (SELECT 1 FROM done_now d WHERE d.id = c.kid)
 ),
 rec AS (
     INSERT INTO {s}.batch_done (id, lease_token, created_at, attempt, queue)
