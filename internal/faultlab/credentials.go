@@ -100,13 +100,7 @@ func (c *Cluster) promote(ctx context.Context, i int) error {
 	if err := c.Nodes[i].Promote(ctx); err != nil {
 		return err
 	}
-	c.setWriter(i)
-	if cr := c.credentials(); cr != nil {
-		cr.mu.Lock()
-		defer cr.mu.Unlock()
-		return c.Nodes[i].SetRolePassword(ctx, cr.role, cr.pw)
-	}
-	return nil
+	return c.writable(ctx, i)
 }
 
 // writable makes node i, already writable again, the writer. With rotating credentials, the

@@ -164,24 +164,14 @@ func run(ctx context.Context, c *Cluster, l *Load, f Fault, o *Outcome) error {
 	w, r := c.Writer(), c.Replica()
 	win := f.window()
 	switch f.Kind {
-	case PlannedFailover:
+	case PlannedFailover, StaleEndpoint:
 		if err := c.Nodes[w].DemoteReadOnly(ctx); err != nil {
 			return err
 		}
-		if err := c.WaitCaughtUp(ctx, w, r); err != nil {
-			return err
-		}
-		if err := c.promote(ctx, r); err != nil {
-			return err
-		}
-		if err := pause(ctx, win); err != nil {
-			return err
-		}
-		c.Proxy.SetTarget(c.Addr(r))
-		return o.recover(ctx, l, "endpoint switched", time.Now())
-	case StaleEndpoint:
-		if err := c.Nodes[w].DemoteReadOnly(ctx); err != nil {
-			return err
+		if f.Kind == PlannedFailover { // a planned switchover waits for the replica
+			if err := c.WaitCaughtUp(ctx, w, r); err != nil {
+				return err
+			}
 		}
 		if err := c.promote(ctx, r); err != nil {
 			return err
@@ -290,14 +280,8 @@ func run(ctx context.Context, c *Cluster, l *Load, f Fault, o *Outcome) error {
 		if err != nil {
 			return err
 		}
-		c.setWriter(w)
-		if cr := c.credentials(); cr != nil {
-			cr.mu.Lock()
-			err = c.Nodes[w].SetRolePassword(ctx, cr.role, cr.pw)
-			cr.mu.Unlock()
-			if err != nil {
-				return err
-			}
+		if err := c.writable(ctx, w); err != nil {
+			return err
 		}
 		c.Proxy.SetTarget(c.Addr(w))
 		return o.recover(ctx, l, "flip back", time.Now())
