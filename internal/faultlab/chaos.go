@@ -50,16 +50,22 @@ type ChaosResult struct {
 	// batches such a fault puts at risk, against which DupLosing is judged.
 	AckedAroundLosing int
 	CommitsLost       int // acknowledged enqueues the new writers lacked at promotion (proof of real loss)
+	RealCommitLosses  int // faults whose new writer lacked acknowledged enqueues
 
 	Recoveries []time.Duration
 	// SlowedRecoveries are recoveries during which a latency fault (100 ms each way) was
 	// under way: every round trip, connection set-up included, is then slow by design. They
 	// are reported apart and left out of the percentiles.
 	SlowedRecoveries []time.Duration
-	RecoveryTimeouts int
-	RecoveryP50      time.Duration
-	RecoveryP99      time.Duration
-	RecoveryMax      time.Duration
+	// InterruptedRecoveries are recoveries cut short by another fault that blocks traffic (a
+	// topology fault, a blackhole) beginning before the first handler start: the writer did
+	// not stay reachable, so they measure nothing of their own (the interrupting fault's
+	// recovery is measured). They are counted, not timed, and never count as timeouts.
+	InterruptedRecoveries int
+	RecoveryTimeouts      int
+	RecoveryP50           time.Duration
+	RecoveryP99           time.Duration
+	RecoveryMax           time.Duration
 }
 
 // Broken reports a broken invariant: lost batches, stale completions, double completions.
@@ -67,10 +73,10 @@ func (r *ChaosResult) Broken() bool { return r.Lost > 0 || r.Stale > 0 || r.Done
 
 // String summarizes the result.
 func (r *ChaosResult) String() string {
-	return fmt.Sprintf("seed=%d faults=%v fault_errors=%v lost=%d stale_completions=%d done_twice=%d slow_detection=%d duplicates=%v (losing faults %d: %d of %d acknowledged around them, others: %d; delivered twice: %d / %d) overlaps=%d commits_lost=%d recovery p50=%s p99=%s max=%s (%d samples; %d more under latency) timeouts=%d",
+	return fmt.Sprintf("seed=%d faults=%v fault_errors=%v lost=%d stale_completions=%d done_twice=%d slow_detection=%d duplicates=%v (losing faults %d: %d of %d acknowledged around them, others: %d; delivered twice: %d / %d) overlaps=%d commits_lost=%d (in %d faults) recovery p50=%s p99=%s max=%s (%d samples; %d more under latency, %d interrupted) timeouts=%d",
 		r.Schedule.Seed, r.Faults, r.FaultErrors, r.Lost, r.Stale, r.DoneTwice, r.SlowDetection, r.Duplicates, r.FaultsLosing, r.DupLosing, r.AckedAroundLosing, r.DupNotLosing, r.TwiceLosing, r.TwiceNotLosing,
-		r.Overlaps, r.CommitsLost, r.RecoveryP50.Round(time.Millisecond), r.RecoveryP99.Round(time.Millisecond), r.RecoveryMax.Round(time.Millisecond),
-		len(r.Recoveries), len(r.SlowedRecoveries), r.RecoveryTimeouts)
+		r.Overlaps, r.CommitsLost, r.RealCommitLosses, r.RecoveryP50.Round(time.Millisecond), r.RecoveryP99.Round(time.Millisecond), r.RecoveryMax.Round(time.Millisecond),
+		len(r.Recoveries), len(r.SlowedRecoveries), r.InterruptedRecoveries, r.RecoveryTimeouts)
 }
 
 // RunChaos starts a cluster (with a password role when credential rotation is among the
@@ -233,15 +239,22 @@ func (r *ChaosResult) summarize(lease time.Duration, acks []time.Time) {
 		if o.Fault.Kind.LosesCommits() {
 			r.FaultsLosing++
 		}
+		if o.LostCommits() {
+			r.RealCommitLosses++
+		}
 		if (o.Fault.Kind == CommitLoss || o.Fault.Kind == StaleEndpoint) && o.Fault.Window >= 30*time.Second {
 			r.SlowDetection++
 		}
 		for _, rec := range o.Recoveries {
+			d, own := r.ownRecovery(o, rec)
+			if !own || r.interrupted(o, rec) {
+				r.InterruptedRecoveries++
+				continue
+			}
 			if rec.Err != nil {
 				r.RecoveryTimeouts++
 			}
-			d := r.ownRecovery(o, rec)
-			if r.slowed(o, rec, d) {
+			if rec.Slowed || r.slowed(o, rec, d) {
 				r.SlowedRecoveries = append(r.SlowedRecoveries, d)
 				continue
 			}
@@ -302,21 +315,41 @@ func (r *ChaosResult) slowed(o *Outcome, rec Recovery, d time.Duration) bool {
 	return false
 }
 
+// blocks reports whether a fault of kind k stops traffic to a writer while it is under way.
+func blocks(k Kind) bool { return k.Topology() || k == Blackhole }
+
+// interrupted reports whether another fault that blocks traffic began after rec's reachable
+// moment and before its first handler start (or before it timed out).
+func (r *ChaosResult) interrupted(o *Outcome, rec Recovery) bool {
+	to := rec.Reachable.Add(rec.Took)
+	for _, o2 := range r.Outcomes {
+		if o2 != o && blocks(o2.Fault.Kind) && o2.Began.After(rec.Reachable) && o2.Began.Before(to) {
+			return true
+		}
+	}
+	return false
+}
+
 // ownRecovery is rec's recovery measured from when the writer was really reachable: if another
 // fault that blocks traffic (a blackhole, a topology fault) was still under way at rec's
-// reachable moment, from the end of that one instead.
-func (r *ChaosResult) ownRecovery(o *Outcome, rec Recovery) time.Duration {
+// reachable moment, from the end of that one instead. It reports false when that end is not
+// before the end of rec's measurement (the handler start it saw, or its timeout): rec then
+// measured the other fault, not its own.
+func (r *ChaosResult) ownRecovery(o *Outcome, rec Recovery) (time.Duration, bool) {
 	eff := rec.Reachable
 	for changed := true; changed; {
 		changed = false
 		for _, o2 := range r.Outcomes {
-			blocks := o2.Fault.Kind.Topology() || o2.Fault.Kind == Blackhole
-			if o2 != o && blocks && !eff.Before(o2.Began) && eff.Before(o2.Ended) {
+			if o2 != o && blocks(o2.Fault.Kind) && !eff.Before(o2.Began) && eff.Before(o2.Ended) {
 				eff, changed = o2.Ended, true
 			}
 		}
 	}
-	return max(rec.Took-eff.Sub(rec.Reachable), 0)
+	end := rec.Reachable.Add(rec.Took)
+	if eff != rec.Reachable && !eff.Before(end) {
+		return 0, false
+	}
+	return end.Sub(eff), true
 }
 
 // Percentile returns the p-th percentile (nearest rank) of ds, 0 for none.

@@ -96,6 +96,9 @@ type Recovery struct {
 	Reachable time.Time
 	Took      time.Duration
 	Err       error // ErrNoRecovery when no handler started within the limit
+	// Slowed is set when the fault itself delayed every round trip during the recovery
+	// (commit loss with a flip back puts its new writer behind 150 ms of latency).
+	Slowed bool
 }
 
 // Outcome is what one fault did.
@@ -266,6 +269,7 @@ func run(ctx context.Context, c *Cluster, l *Load, f Fault, o *Outcome) error {
 			c.Proxy.SetLatency(0)
 			return err
 		}
+		o.Recoveries[len(o.Recoveries)-1].Slowed = true
 		if err := pause(ctx, win); err != nil {
 			c.Proxy.SetLatency(0)
 			return err

@@ -41,7 +41,7 @@ func runChaos(ctx context.Context, cfg *Config, rep *Report, prog *progress) err
 	}
 	add("faults_total", float64(total), "faults")
 	add("faults_losing_commits", float64(losing), "faults")
-	add("faults_real_commit_loss", float64(res.Faults[faultlab.CommitLoss]+res.Faults[faultlab.CommitLossFlipBack]), "faults")
+	add("faults_commit_loss_kinds", float64(res.Faults[faultlab.CommitLoss]+res.Faults[faultlab.CommitLossFlipBack]), "faults")
 	if res.Final == nil {
 		add("completed_run", 0, "bool")
 		return err
@@ -54,6 +54,7 @@ func runChaos(ctx context.Context, cfg *Config, rep *Report, prog *progress) err
 	add("done_twice", float64(res.DoneTwice), "batches")
 	add("overlapping_handlers", float64(res.Overlaps), "pairs")
 	add("commits_lost_at_promotion", float64(res.CommitsLost), "batches")
+	add("faults_that_lost_commits", float64(res.RealCommitLosses), "faults")
 	if losing > 0 {
 		add("duplicates_per_losing_fault", float64(res.DupLosing)/float64(losing), "batches")
 		add("acked_around_losing_faults", float64(res.AckedAroundLosing), "batches", "around_s", faultlab.AroundLosing.Seconds())
@@ -71,6 +72,7 @@ func runChaos(ctx context.Context, cfg *Config, rep *Report, prog *progress) err
 	add("recovery_p99_ms", ms(res.RecoveryP99), "ms", "samples", len(res.Recoveries))
 	add("recovery_max_ms", ms(res.RecoveryMax), "ms", "samples", len(res.Recoveries))
 	add("recovery_timeouts", float64(res.RecoveryTimeouts), "recoveries")
+	add("recoveries_interrupted", float64(res.InterruptedRecoveries), "recoveries")
 	if n := len(res.SlowedRecoveries); n > 0 {
 		add("recovery_under_latency_p50_ms", ms(faultlab.Percentile(res.SlowedRecoveries, 50)), "ms", "samples", n)
 		add("recovery_under_latency_max_ms", ms(faultlab.Percentile(res.SlowedRecoveries, 100)), "ms", "samples", n)
