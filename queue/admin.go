@@ -365,26 +365,48 @@ const VacuumMinDeadTuples = 1000
 // ErrVacuumNotPermitted when the role cannot vacuum the table. Both the
 // check and the vacuum are retried across failovers.
 func (c *Client) Vacuum(ctx context.Context, minInterval time.Duration) (bool, error) {
+	v, err := c.vacuum(ctx, minInterval)
+	return v.ran, err
+}
+
+// vacuumResult is what a Vacuum call did: whether it ran, and the hot
+// table's dead tuples before and after it (after: as the statistics report
+// them right after the vacuum; dead tuples an old snapshot can still see
+// stay counted).
+type vacuumResult struct {
+	ran                   bool
+	deadBefore, deadAfter int64
+}
+
+// ineffective reports whether a vacuum that ran left at least half of the
+// dead tuples it found: some snapshot still sees them, and vacuuming again
+// before it ends only costs a scan of the table.
+func (v vacuumResult) ineffective() bool {
+	return v.ran && v.deadAfter >= VacuumMinDeadTuples && 2*v.deadAfter >= v.deadBefore
+}
+
+func (c *Client) vacuum(ctx context.Context, minInterval time.Duration) (vacuumResult, error) {
+	var v vacuumResult
 	if err := c.check("vacuum"); err != nil {
-		return false, err
+		return v, err
 	}
 	var due, allowed bool
 	err := c.retry(ctx, "vacuum", true, func(ctx context.Context) error {
 		opCtx, cancel := c.opContext(ctx)
 		defer cancel()
-		if err := c.db.QueryRow(opCtx, c.sql.vacuumDue, c.sql.table, minInterval.Microseconds(), VacuumMinDeadTuples).Scan(&due, &allowed); err != nil {
+		if err := c.db.QueryRow(opCtx, c.sql.vacuumDue, c.sql.table, minInterval.Microseconds(), VacuumMinDeadTuples).Scan(&due, &allowed, &v.deadBefore); err != nil {
 			return fmt.Errorf("vacuum: %w", err)
 		}
 		return nil
 	})
 	if err != nil {
-		return false, err
+		return v, err
 	}
 	if !allowed {
-		return false, ErrVacuumNotPermitted
+		return v, ErrVacuumNotPermitted
 	}
 	if !due {
-		return false, nil
+		return v, nil
 	}
 	err = c.retry(ctx, "vacuum", true, func(ctx context.Context) error {
 		opCtx, cancel := c.opContext(ctx)
@@ -395,7 +417,14 @@ func (c *Client) Vacuum(ctx context.Context, minInterval time.Duration) (bool, e
 		return nil
 	})
 	if err != nil {
-		return false, err
+		return v, err
 	}
-	return true, nil
+	v.ran = true
+	// Only a hint for the caller's pacing: on error, count it as effective.
+	opCtx, cancel := c.opContext(ctx)
+	defer cancel()
+	if err := c.db.QueryRow(opCtx, c.sql.deadTuples, c.sql.table).Scan(&v.deadAfter); err != nil {
+		v.deadAfter = 0
+	}
+	return v, nil
 }

@@ -446,8 +446,8 @@ func (c *Client) assertCompletions(ctx context.Context, cs []Completion) error {
 }
 
 // settling reports whether a writer change left completions to be
-// asserted on the current writer; the client's runners hold back new
-// claims meanwhile (see reassertGate).
+// asserted on the current writer; the client's runners check what they
+// claim against them meanwhile (see finishedBefore).
 func (c *Client) settling() bool {
 	_, pending := c.done.counts()
 	return pending > 0

@@ -28,6 +28,27 @@
 // handler ignores its context. New batches wake runners at once through
 // LISTEN/NOTIFY; polling is the fallback.
 //
+// # Old snapshots
+//
+// A claim reads the claim index from its head, and every batch claimed or
+// completed leaves an entry there that vacuum may remove only once no
+// snapshot can still see the row. While one old snapshot lives — a pg_dump,
+// a long analytics query, an idle-in-transaction session, a replica with
+// hot_standby_feedback — those entries pile up, and a claim that starts at
+// the head visits them all. A Runner therefore starts its claims at a floor
+// just below the batches its last claims took (and scans the more urgent
+// priorities apart), so a claim costs about the batches it takes plus those
+// finished in the last second, however old the oldest snapshot is; it reads
+// from the head at start, after a writer change or a reclaim, and otherwise
+// every second, or less often while such full claims are slow (up to every
+// 30 s). Batches that become claimable below the floor wait for the next
+// full claim: released and reclaimed batches (they keep their place in
+// line), batches enqueued with a RunAt in the past, and enqueues whose
+// transaction took over a second. Reclaims of expired leases look back only
+// to the runner's previous reclaim in the same way, and a runner vacuums the
+// hot table less often while its vacuums cannot remove what they find.
+// Client.Claim always reads from the head.
+//
 // # Guarantees
 //
 // Delivery is at least once: a batch reaches a handler until it is

@@ -6,3 +6,6 @@ const BatchColumnsForBench = batchColumns
 
 // BinaryBatchRows exposes the fast-path check to the decoding test.
 var BinaryBatchRows = binaryBatchRows
+
+// ClaimStatements returns c's full claim and its claim from a floor.
+func ClaimStatements(c *Client) (full, floored string) { return c.sql.claim, c.sql.claimFrom }

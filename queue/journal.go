@@ -259,8 +259,8 @@ func (j *journal[T]) assertLoop(stop <-chan struct{}, assert func(ctx context.Co
 		case <-ctx.Done():
 		}
 	}()
-	// Short waits: claims of the client's runners wait for pending
-	// completions (see Runner.gated), and the pool itself paces attempts
+	// Short waits: pending completions are work done that a new writer may
+	// hand out again (see finishedBefore), and the pool itself paces attempts
 	// while no writer is reachable (it waits WriterWait in each).
 	bo := newBackOff(25*time.Millisecond, 250*time.Millisecond)
 	for {

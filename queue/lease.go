@@ -461,6 +461,14 @@ func (c *Client) updateLeasesOnce(ctx context.Context, q querier, op, query stri
 // means every queue. It handles at most 1000 batches per call and reports
 // how many it made available and how many it dead-lettered.
 func (c *Client) ReclaimExpired(ctx context.Context, queue string) (available, dead int, err error) {
+	return c.reclaimExpired(ctx, queue, reclaimAll)
+}
+
+// reclaimAll is a lookback that covers every lease there can be.
+const reclaimAll = 100 * 365 * 24 * time.Hour
+
+// reclaimExpired is ReclaimExpired for leases that expired within lookback.
+func (c *Client) reclaimExpired(ctx context.Context, queue string, lookback time.Duration) (available, dead int, err error) {
 	if err := c.check("reclaim"); err != nil {
 		return 0, 0, err
 	}
@@ -475,7 +483,7 @@ func (c *Client) ReclaimExpired(ctx context.Context, queue string) (available, d
 		ctx, cancel := c.opContext(ctx)
 		defer cancel()
 		available, dead = 0, 0
-		rows, err := c.db.Query(ctx, c.sql.reclaim, q, reclaimLimit)
+		rows, err := c.db.Query(ctx, c.sql.reclaim, q, reclaimLimit, lookback.Microseconds())
 		if err != nil {
 			return fmt.Errorf("reclaim expired leases: %w", err)
 		}

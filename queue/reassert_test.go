@@ -392,3 +392,55 @@ func TestEnqueueRetriesConflicts(t *testing.T) {
 	require.Equal(t, 1, e.count("WHERE id = $1", res.ID))
 	require.Equal(t, 2, e.count("WHERE queue = 'conflict'"))
 }
+
+// TestRunnerDoesNotRerunWorkANewWriterLost: a runner completed a batch; the
+// writer that replaces the old one lost that completion, so it hands the
+// batch out again. While the client has not yet asserted the completion
+// there (here: batch_done is locked), the runner claims it, and completes it
+// under the new claim without running its handler a second time.
+func TestRunnerDoesNotRerunWorkANewWriterLost(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := testContext(t)
+	w := newWriterSwitch(e.pool)
+	c := newClient(t, w, e.schema, nil)
+	var calls atomic.Int64
+	r := startRunner(t, c, queue.RunnerConfig{Queue: "rerun", Concurrency: 4, PollInterval: 20 * time.Millisecond,
+		Handler: func(context.Context, *batch.Batch) error {
+			calls.Add(1)
+			return nil
+		}})
+	p := keyedParams("rerun", 0)
+	res, err := c.Enqueue(ctx, p)
+	require.NoError(t, err)
+	waitFor(t, 10*time.Second, "the batch completed", func() bool {
+		ok, err := c.Completed(ctx, res.ID)
+		return err == nil && ok
+	})
+	require.EqualValues(t, 1, calls.Load())
+
+	// The new writer: the batch is there as enqueued, its completion is not.
+	require.NoError(t, c.Pause(ctx, "rerun"))
+	var created time.Time
+	require.NoError(t, e.pool.QueryRow(ctx, "SELECT created_at FROM "+e.q("batch_done")+" WHERE id = $1", res.ID).Scan(&created))
+	e.exec("DELETE FROM "+e.q("batch_done")+" WHERE id = $1", res.ID)
+	e.exec("INSERT INTO "+e.q("batch")+" (id, queue, idempotency_key, created_at, max_attempts) VALUES ($1, 'rerun', $2, $3, 5)",
+		res.ID, p.Meta.Source.Key(), created)
+	lock, err := e.pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = lock.Rollback(ctx) }()
+	_, err = lock.Exec(ctx, "LOCK TABLE "+e.q("batch_done")+" IN EXCLUSIVE MODE")
+	require.NoError(t, err)
+	w.change()
+	require.NoError(t, c.Resume(ctx, "rerun"))
+
+	waitFor(t, 10*time.Second, "the batch claimed again", func() bool { return r.Stats().FinishedBefore == 1 })
+	require.EqualValues(t, 1, calls.Load(), "the handler is not run again")
+	require.NoError(t, lock.Rollback(ctx))
+	waitFor(t, 10*time.Second, "the batch completed again", func() bool {
+		return e.count("WHERE id = $1", res.ID) == 0 && r.Stats().PendingReassert == 0
+	})
+	var records int
+	require.NoError(t, e.pool.QueryRow(ctx, "SELECT count(*) FROM "+e.q("batch_done")+" WHERE id = $1", res.ID).Scan(&records))
+	require.Equal(t, 1, records, "one completion on record")
+	require.EqualValues(t, 1, calls.Load())
+}

@@ -80,13 +80,17 @@ type Runner struct {
 
 	lostClaims []lostClaim // claims whose answer was lost; claim loop only
 
-	results    chan *job     // handlers report here; capacity Concurrency
-	kick       chan struct{} // internal wake-ups (reclaimed leases)
-	stopClaims chan struct{} // closed when Stop begins
-	claimsDone chan struct{} // closed by the claim loop once it will dispatch no more batches
-	abandon    chan struct{} // closed when Stop gives up waiting
-	loopDone   chan struct{} // closed when the claim loop exits
-	stopped    chan struct{} // closed when Stop has finished
+	results chan *job     // handlers report here; capacity Concurrency
+	kick    chan struct{} // internal wake-ups (reclaimed leases)
+	// cursor is the claim floor (claim loop only); fullClaimAsked makes the
+	// next claim a full one (set by the reclaim loop).
+	cursor         claimCursor
+	fullClaimAsked atomic.Bool
+	stopClaims     chan struct{} // closed when Stop begins
+	claimsDone     chan struct{} // closed by the claim loop once it will dispatch no more batches
+	abandon        chan struct{} // closed when Stop gives up waiting
+	loopDone       chan struct{} // closed when the claim loop exits
+	stopped        chan struct{} // closed when Stop has finished
 
 	cancelledAll bool // set by cancelAll, under mu
 	bgCancel     context.CancelFunc
@@ -120,11 +124,14 @@ const (
 // job is one claimed batch while its handler runs and until its outcome is
 // acknowledged to the database.
 type job struct {
-	b      batch.Batch
-	ref    Ref
-	epoch  int64 // the client's journal epoch when the claim was sent (see Runner.settle)
-	cancel context.CancelCauseFunc
-	ctx    context.Context
+	b     batch.Batch
+	ref   Ref
+	epoch int64 // the client's journal epoch when the claim was sent (see Runner.settle)
+	// finished: the batch was completed on an earlier writer, and its
+	// handler is not run again (see finishedBefore).
+	finished bool
+	cancel   context.CancelCauseFunc
+	ctx      context.Context
 	// fenceAt is when, on the runner's clock (see Runner.clock), the
 	// handler's context is cancelled unless a renewal moves it: the lease's
 	// expiry as the runner can bound it, minus FenceMargin.
@@ -185,7 +192,7 @@ func (j *job) outcome() jobOutcome {
 type runnerCounters struct {
 	claimed, completed, retried, dead, released, leaseLost, panics atomic.Int64
 	heartbeatErrors, roundTripErrors, reclaimed                    atomic.Int64
-	retaken, reconfirms                                            atomic.Int64
+	retaken, reconfirms, fullClaims, flooredClaims, finishedBefore atomic.Int64
 	goexits, timedOut, abandoned, stuck                            atomic.Int64
 }
 
@@ -213,7 +220,16 @@ type RunnerStats struct {
 	Reasserted      int64 // completions a new writer had lost, asserted again after a failover: the client's figure, shared by all its runners
 	Retaken         int64 // batches whose claim a new writer had lost, taken again under the same lease
 	Reconfirms      int64 // successful re-confirmations of all held leases after a writer change
-	Running         int   // handlers running now
+	// FullClaims and FlooredClaims count claims that read the claim index
+	// from its head and from the runner's claim floor (see "Old snapshots"
+	// in the package documentation).
+	FullClaims    int64
+	FlooredClaims int64
+	// FinishedBefore counts claimed batches that the client had completed
+	// on an earlier writer, which lost the completion: they were completed
+	// again without running their handler.
+	FinishedBefore int64
+	Running        int // handlers running now
 	// PendingReassert is how many acknowledged completions a writer change
 	// left to be asserted on the current writer and are not yet.
 	PendingReassert int
@@ -279,6 +295,9 @@ func (r *Runner) Stats() RunnerStats {
 		Reclaimed:       s.reclaimed.Load(),
 		Retaken:         s.retaken.Load(),
 		Reconfirms:      s.reconfirms.Load(),
+		FullClaims:      s.fullClaims.Load(),
+		FinishedBefore:  s.finishedBefore.Load(),
+		FlooredClaims:   s.flooredClaims.Load(),
 		Running:         r.running(),
 		PendingReassert: pendingOf(r.c.done),
 		Reasserted:      r.c.reassertedDone.Load(),

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"math"
 	"sync"
 	"time"
 
@@ -35,8 +36,6 @@ func (r *Runner) claimLoop() {
 		poll      = time.NewTicker(r.cfg.PollInterval)
 		watcher   WriterWatcher
 		changed   <-chan struct{}
-		gateSince time.Time        // when claims began waiting for re-asserted completions
-		gateC     <-chan time.Time // the next look at whether they still must
 	)
 	if w, ok := r.c.db.(WriterWatcher); ok {
 		watcher, changed = w, w.WriterChanged()
@@ -58,15 +57,6 @@ func (r *Runner) claimLoop() {
 		}
 		busy := r.cfg.Concurrency - free
 		canClaim := !stopping && free > 0 && (want || backlog) && (free >= threshold || busy == 0)
-		if canClaim && r.gated(&gateSince) {
-			// After a writer change, completions the old writer acknowledged
-			// are recorded on the new one first: a claim now could run
-			// again a batch that was finished on the discarded side.
-			canClaim = false
-			if gateC == nil {
-				gateC = time.After(gateRecheck)
-			}
-		}
 		if retryC == nil && (len(pending) > 0 || canClaim || (!stopping && r.cleanupDue())) {
 			n := 0
 			if canClaim {
@@ -120,13 +110,12 @@ func (r *Runner) claimLoop() {
 			want = true
 		case <-retryC:
 			retryC = nil
-		case <-gateC:
-			gateC = nil
 		case <-changed:
 			// A new writer: retry at once instead of waiting out the backoff,
-			// once the journals know (see gated).
+			// once the journals know (see finishedBefore).
 			r.c.advance(changed)
 			changed = watcher.WriterChanged()
+			r.cursor.reset() // re-asserted batches may sit anywhere in line
 			retryC = nil
 			want = true
 			bo.Reset()
@@ -241,8 +230,17 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 	token := newToken()
 	epoch, changed := r.c.done.epochNow(), r.c.writerChanged()
 	r.claimEpoch = epoch
+	var full bool
 	if n > 0 {
-		b.Queue(sql.claim, r.cfg.Queue, n, token, r.cfg.Owner, r.cfg.LeaseDuration.Microseconds())
+		var floorPriority int16
+		var floorRunAt time.Time
+		full, floorPriority, floorRunAt = r.cursor.next(time.Now(), r.fullClaimAsked.Swap(false))
+		if full {
+			b.Queue(sql.claim, r.cfg.Queue, n, token, r.cfg.Owner, r.cfg.LeaseDuration.Microseconds())
+			b.Queue(sql.now)
+		} else {
+			b.Queue(sql.claimFrom, r.cfg.Queue, n, token, r.cfg.Owner, r.cfg.LeaseDuration.Microseconds(), floorPriority, floorRunAt)
+		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), r.rtTimeout)
@@ -258,14 +256,30 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 	if len(orphans) > 0 && err == nil {
 		orphansFreed, err = idSet(br.Query())
 	}
+	var dbNow time.Time
 	if n > 0 && err == nil {
 		var rows pgx.Rows
 		if rows, err = br.Query(); err == nil {
 			claimed, err = collectBatches(rows, n, r.cfg.Queue)
 		}
+		if full && err == nil {
+			err = br.QueryRow().Scan(&dbNow)
+		}
 	}
 	if cerr := br.Close(); err == nil {
 		err = cerr
+	}
+	if n > 0 {
+		if err != nil {
+			r.cursor.reset()
+		} else {
+			r.cursor.done(claimed, dbNow, sent, time.Since(sent))
+			if full {
+				r.stats.fullClaims.Add(1)
+			} else {
+				r.stats.flooredClaims.Add(1)
+			}
+		}
 	}
 	if err != nil {
 		if n > 0 && !failedForSure(err) {
@@ -465,6 +479,10 @@ func (r *Runner) dispatch(claimed []batch.Batch, sent time.Time) {
 	r.stats.claimed.Add(int64(len(claimed)))
 	r.log.Debug("claimed", zap.Int("batches", len(claimed)))
 	fenceAt := r.clock(sent.Add(r.cfg.LeaseDuration - r.cfg.FenceMargin))
+	var done []Completion // completions pending re-assertion after a writer change
+	if r.c.settling() {
+		done, _, _ = r.c.done.takePending(math.MaxInt)
+	}
 	jobs := make([]job, len(claimed))
 	r.mu.Lock()
 	for i := range claimed {
@@ -472,6 +490,10 @@ func (r *Runner) dispatch(claimed []batch.Batch, sent time.Time) {
 		j.b = claimed[i]
 		j.ref = RefOf(&j.b)
 		j.epoch = r.claimEpoch
+		if len(done) > 0 && finishedBefore(done, &j.b) {
+			j.finished = true
+			r.stats.finishedBefore.Add(1)
+		}
 		// Each handler context is a root of its own: a shared parent would
 		// make every handler start and end contend on its lock.
 		j.ctx, j.cancel = context.WithCancelCause(context.Background())
@@ -497,25 +519,18 @@ func (r *Runner) dispatch(claimed []batch.Batch, sent time.Time) {
 // clock returns t on the runner's monotonic clock, in nanoseconds.
 func (r *Runner) clock(t time.Time) int64 { return int64(t.Sub(r.epoch)) }
 
-// reassertGate bounds how long a runner holds back claims after a writer
-// change while the client's journaled completions are asserted on the new
-// writer; gateRecheck is how often it looks.
-const (
-	reassertGate = 5 * time.Second
-	gateRecheck  = 5 * time.Millisecond
-)
-
-// gated reports whether claims must wait for re-asserted completions:
-// the client has some pending, for less than reassertGate so far (since
-// *since, which it keeps).
-func (r *Runner) gated(since *time.Time) bool {
-	if !r.c.settling() {
-		*since = time.Time{}
-		return false
+// finishedBefore reports whether b is the batch of a completion the client
+// acknowledged on an earlier writer and has yet to assert on this one (same
+// id and creation time, or same queue and idempotency key): the new writer
+// lost that completion, and running b again would deliver it twice. The
+// runner completes such a batch under its new claim without running it.
+func finishedBefore(done []Completion, b *batch.Batch) bool {
+	for i := range done {
+		c := &done[i]
+		if (c.Ref.ID == b.ID && c.CreatedAt.Equal(b.CreatedAt)) ||
+			(c.Key != "" && c.Key == b.IdempotencyKey && c.Queue == b.Queue) {
+			return true
+		}
 	}
-	now := time.Now()
-	if since.IsZero() {
-		*since = now
-	}
-	return now.Sub(*since) < reassertGate
+	return false
 }

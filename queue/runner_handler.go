@@ -73,6 +73,12 @@ func (r *Runner) run(j *job) (keep bool) {
 			r.replaceWorker()
 		}
 	}()
+	if j.finished {
+		// Completed on an earlier writer; the completion is acknowledged
+		// again under this claim (see finishedBefore).
+		returned = true
+		return true
+	}
 	if d := r.handlerTimeout(&j.b); d > 0 {
 		at := r.clock(time.Now().Add(d))
 		j.timeout.Store(int64(d))

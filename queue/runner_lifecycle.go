@@ -241,6 +241,8 @@ func (r *Runner) reclaimLoop(ctx context.Context) {
 	t := time.NewTicker(r.cfg.ReclaimInterval)
 	defer t.Stop()
 	var pruneC, vacuumC <-chan time.Time
+	var floor reclaimFloor
+	pace := vacuumPace{base: r.cfg.VacuumInterval}
 	if r.cfg.PruneInterval > 0 {
 		pt := time.NewTicker(r.cfg.PruneInterval)
 		defer pt.Stop()
@@ -256,7 +258,10 @@ func (r *Runner) reclaimLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			avail, dead, err := r.c.ReclaimExpired(ctx, r.cfg.Queue)
+			start, changed := time.Now(), r.c.writerChanged()
+			lookback, full := floor.next(start)
+			avail, dead, err := r.c.reclaimExpired(ctx, r.cfg.Queue, lookback)
+			floor.done(start, changed, full, time.Since(start), avail+dead, err)
 			if err != nil {
 				if ctx.Err() == nil {
 					r.log.Warn("reclaim of expired leases failed", zap.Error(err))
@@ -266,11 +271,13 @@ func (r *Runner) reclaimLoop(ctx context.Context) {
 			if avail+dead > 0 {
 				r.stats.reclaimed.Add(int64(avail + dead))
 				r.log.Info("reclaimed expired leases", zap.Int("available", avail), zap.Int("dead", dead))
+				r.fullClaimAsked.Store(true) // they keep their place in line, below the claim floor
 				wakeUp(r.kick)
 			}
 		case <-vacuumC:
 			t0 := time.Now()
-			ran, err := r.c.Vacuum(ctx, r.cfg.VacuumInterval)
+			v, err := r.c.vacuum(ctx, pace.interval())
+			pace.done(v)
 			switch {
 			case errors.Is(err, ErrVacuumNotPermitted):
 				r.log.Warn("cannot vacuum the batch table; leaving it to autovacuum", zap.Error(err))
@@ -279,7 +286,10 @@ func (r *Runner) reclaimLoop(ctx context.Context) {
 				if ctx.Err() == nil {
 					r.log.Warn("vacuum failed", zap.Error(err))
 				}
-			case ran:
+			case v.ineffective():
+				r.log.Info("vacuum of the batch table removed little: a snapshot still sees the dead rows; vacuuming less often until it ends",
+					zap.Int64("dead_before", v.deadBefore), zap.Int64("dead_after", v.deadAfter), zap.Duration("next_in", pace.interval()))
+			case v.ran:
 				r.log.Debug("vacuumed the batch table", zap.Duration("took", time.Since(t0)))
 			}
 		case <-pruneC:

@@ -152,6 +152,40 @@ UPDATE {s}.batch b SET
 WHERE b.id = ANY (ARRAY(SELECT id FROM picked))
 RETURNING ` + batchColumns
 
+	// Claim from a floor (see claimCursor): like sqlClaim, but the scan of
+	// the claim index starts at ($6 priority, $7 run_at) instead of the head,
+	// after a scan of the batches more urgent than $6 (which starts at the
+	// head, and so walks only their entries). The second scan takes what the
+	// first left of the $2.
+	sqlClaimFrom = `WITH urgent AS (
+    SELECT id FROM {s}.batch
+    WHERE queue = $1 AND state = 'available' AND run_at <= now() AND priority < $6
+        AND NOT EXISTS (SELECT 1 FROM {s}.queue_setting s WHERE s.queue = $1 AND s.paused)
+    ORDER BY priority, run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+rest AS (
+    SELECT id FROM {s}.batch
+    WHERE queue = $1 AND state = 'available' AND run_at <= now() AND (priority, run_at) >= ($6, $7)
+        AND NOT EXISTS (SELECT 1 FROM {s}.queue_setting s WHERE s.queue = $1 AND s.paused)
+    ORDER BY priority, run_at, id
+    LIMIT $2 - (SELECT count(*) FROM urgent)
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.batch b SET
+    state = 'running',
+    attempt = b.attempt + 1,
+    attempted_at = now(),
+    lease_token = $3,
+    lease_owner = $4,
+    lease_expires_at = now() + $5::float8 * interval '1 microsecond'
+WHERE b.id = ANY (ARRAY(SELECT id FROM urgent UNION ALL SELECT id FROM rest))
+RETURNING ` + batchColumns
+
+	// The database's clock, sent with a full claim (see claimCursor.done).
+	sqlNow = `SELECT now()`
+
 	// Complete: remove batches whose lease the tokens still hold, and record
 	// each completion. Returns the ids completed by this statement.
 	sqlComplete = `WITH gone AS (
@@ -272,11 +306,14 @@ FROM unnest($1::int8[], $2::int8[]) AS r(id, token)
 WHERE b.id = r.id AND b.lease_token = r.token
 RETURNING b.id`
 
-	// Reclaim expired leases of queue $1 (all queues when NULL), at most $2:
-	// available again, or dead when that was the last attempt.
+	// Reclaim expired leases of queue $1 (all queues when NULL), at most $2,
+	// that expired less than $3 µs ago: available again, or dead when that was
+	// the last attempt. The lower bound lets a runner skip the index entries
+	// of leases that ended long ago (see reclaimFloor).
 	sqlReclaim = `WITH expired AS (
     SELECT id FROM {s}.batch
     WHERE state = 'running' AND lease_expires_at < now() AND ($1::text IS NULL OR queue = $1)
+        AND lease_expires_at >= now() - $3::float8 * interval '1 microsecond'
     ORDER BY lease_expires_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -364,9 +401,13 @@ ORDER BY 1`
 	// current role may vacuum it ($1 is the table's quoted name).
 	sqlVacuumDue = `SELECT coalesce(greatest(s.last_vacuum, s.last_autovacuum) < now() - $2::float8 * interval '1 microsecond', true)
         AND coalesce(s.n_dead_tup, 0) >= $3,
-    pg_has_role(current_user, c.relowner, 'MEMBER') OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
+    pg_has_role(current_user, c.relowner, 'MEMBER') OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false),
+    coalesce(s.n_dead_tup, 0)
 FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
 WHERE c.oid = $1::text::regclass`
+
+	// The hot table's dead tuples, as the statistics count them.
+	sqlDeadTuples = `SELECT coalesce(pg_stat_get_dead_tuples($1::text::regclass), 0)`
 
 	// SKIP_LOCKED: if another process is vacuuming the table, do nothing.
 	// INDEX_CLEANUP ON: the point is to remove index entries of finished
@@ -429,8 +470,8 @@ RETURNING b.id`
 
 // statements is the package's SQL with the schema substituted.
 type statements struct {
-	enqueue, enqueueKeyless, takeIDs, wake, keyLookup, claim, complete, reassertKeys, reassertComplete, completeRepeat, fail, extend, release, reclaim string
-	vacuumDue, vacuum, table,
+	enqueue, enqueueKeyless, takeIDs, wake, keyLookup, claim, claimFrom, now, complete, reassertKeys, reassertComplete, completeRepeat, fail, extend, release, reclaim string
+	vacuumDue, vacuum, deadTuples, table,
 	check, get, done, listDead, requeueDead, setPaused, paused, stats, pruneDone, pruneKeys string
 	reconfirm, releaseTokens string
 	sequence                 string // the batch id sequence, quoted, passed as a parameter
@@ -447,6 +488,8 @@ func newStatements(schema string) *statements {
 		wake:             sub(sqlWake),
 		keyLookup:        sub(sqlKeyLookup),
 		claim:            sub(sqlClaim),
+		claimFrom:        sub(sqlClaimFrom),
+		now:              sqlNow,
 		complete:         sub(sqlComplete),
 		reassertKeys:     sub(sqlReassertKeys),
 		reassertComplete: sub(sqlReassertComplete),
@@ -457,6 +500,7 @@ func newStatements(schema string) *statements {
 		reclaim:          sub(sqlReclaim),
 		vacuumDue:        sub(sqlVacuumDue),
 		vacuum:           sub(sqlVacuum),
+		deadTuples:       sqlDeadTuples,
 		table:            pgx.Identifier{schema, "batch"}.Sanitize(),
 		check:            sub(sqlCheck),
 		get:              sub(sqlGet),

@@ -1,0 +1,161 @@
+package queue
+
+import (
+	"cmp"
+	"slices"
+	"time"
+
+	"github.com/skiplock/skiplock/batch"
+)
+
+// Claims under an old snapshot.
+//
+// A claim reads the claim index (queue, priority, run_at, id) from its head.
+// Every batch claimed or completed leaves an entry there that only vacuum
+// removes, and vacuum may remove it only once no snapshot can still see the
+// row. While one old snapshot lives (a pg_dump, a long analytics query, a
+// replica with hot_standby_feedback), those entries pile up at the head and
+// a claim that starts there visits every one of them: claims get slower with
+// every batch finished, until throughput is a fraction of what it was.
+//
+// So a runner remembers how far its claims have got, and starts the next one
+// there: a floor of (priority, run_at) below the batches its last claims
+// took. Claims keep their order: a claim takes the lowest batches at or
+// above the floor, after any batch of a more urgent priority (a second scan,
+// from the head, that only ever walks the entries of urgent batches). What
+// the floor can miss are batches that became claimable behind it:
+//
+//   - an enqueue whose transaction took longer than claimFloorLag (its
+//     run_at is the transaction's start),
+//   - a batch enqueued with a RunAt in the past,
+//   - a batch released or reclaimed (it keeps its place in line), and
+//   - a batch another claimer had locked and then did not take (its claim
+//     failed).
+//
+// Full claims, from the head of the index, find those: one at start, after a
+// writer change, after this runner reclaimed expired leases, and otherwise
+// every fullScanMin, or less often when a full claim is slow (fullScanCost
+// times what the last one took, at most fullScanMax). Such a batch waits at
+// most that long beyond its turn; everything else is claimed in order.
+const (
+	claimFloorLag = time.Second
+	fullScanMin   = time.Second
+	fullScanMax   = 30 * time.Second
+	fullScanCost  = 50
+)
+
+// claimCursor is a runner's claim floor. Only the claim loop uses it.
+type claimCursor struct {
+	valid     bool
+	priority  int16
+	runAt     time.Time
+	lastFull  time.Time
+	fullEvery time.Duration
+	full      bool // the claim in flight is a full one
+}
+
+// next reports whether the next claim must be a full one (and remembers it
+// until done), and the floor of a floored one.
+func (c *claimCursor) next(now time.Time, asked bool) (full bool, priority int16, runAt time.Time) {
+	c.full = asked || !c.valid || now.Sub(c.lastFull) >= max(c.fullEvery, fullScanMin)
+	return c.full, c.priority, c.runAt
+}
+
+// done records a claim's result: the batches it took (in any order), the
+// database's clock when a full claim ran (zero for a floored one), and how
+// long its round trip took. A claim takes the lowest claimable batches at or
+// above the floor that no other claimer holds, so nothing claimable is left
+// below the last of them but batches of the kinds listed above; the floor
+// moves up to that one, less claimFloorLag. A full claim that found nothing
+// puts the floor at the default priority and the database's clock, less
+// claimFloorLag: whatever is enqueued from then on is above it. The floor
+// never moves down.
+func (c *claimCursor) done(claimed []batch.Batch, dbNow time.Time, sent time.Time, took time.Duration) {
+	if c.full {
+		c.lastFull = sent
+		c.fullEvery = min(max(took*fullScanCost, fullScanMin), fullScanMax)
+	}
+	var p int16
+	var at time.Time
+	switch {
+	case len(claimed) > 0:
+		last := slices.MaxFunc(claimed, func(a, b batch.Batch) int {
+			return cmp.Or(cmp.Compare(a.Priority, b.Priority), a.RunAt.Compare(b.RunAt), cmp.Compare(a.ID, b.ID))
+		})
+		p, at = last.Priority, last.RunAt.Add(-claimFloorLag)
+	case c.full && !dbNow.IsZero():
+		p, at = 0, dbNow.Add(-claimFloorLag)
+	default:
+		return
+	}
+	if !c.valid || p > c.priority || (p == c.priority && at.After(c.runAt)) {
+		c.valid, c.priority, c.runAt = true, p, at
+	}
+}
+
+// reset makes the next claim a full one and forgets the floor: after a
+// writer change or a failed claim nothing is known of the new state.
+func (c *claimCursor) reset() { c.valid = false }
+
+// reclaimMargin is how far before the previous reclaim a floored reclaim
+// looks: leases written by a transaction still in flight then.
+const reclaimMargin = 10 * time.Second
+
+// reclaimFloor paces a runner's reclaims of expired leases the same way.
+// Their scan reads the lease index (lease_expires_at of running batches)
+// from its head, where the entries of every batch completed since the
+// oldest snapshot began collect. A lease that expired before the previous
+// reclaim began was found by it, so a reclaim needs to look back only to
+// then (and reclaimMargin more). A full reclaim runs at start, after an
+// error, a reclaim that hit its limit or a writer change, and otherwise as
+// full claims do.
+type reclaimFloor struct {
+	lastDone  time.Time       // start of the last reclaim that took all it found
+	changed   <-chan struct{} // the writer-change channel at lastDone
+	lastFull  time.Time
+	fullEvery time.Duration
+}
+
+// next returns the lookback of the next reclaim and whether it is a full one.
+func (f *reclaimFloor) next(now time.Time) (lookback time.Duration, full bool) {
+	if f.lastDone.IsZero() || closed(f.changed) || now.Sub(f.lastFull) >= max(f.fullEvery, fullScanMin) {
+		return reclaimAll, true
+	}
+	return now.Sub(f.lastDone) + reclaimMargin, false
+}
+
+// done records a reclaim that began at start with the writer-change channel
+// changed, took took, and found n expired leases (or failed).
+func (f *reclaimFloor) done(start time.Time, changed <-chan struct{}, full bool, took time.Duration, n int, err error) {
+	if err != nil || n >= reclaimLimit {
+		f.lastDone = time.Time{}
+		return
+	}
+	f.lastDone, f.changed = start, changed
+	if full {
+		f.lastFull = start
+		f.fullEvery = min(max(took*fullScanCost, fullScanMin), fullScanMax)
+	}
+}
+
+// vacuumPace spaces a runner's vacuums: every VacuumInterval while they
+// remove what they find, twice as far apart (up to vacuumIntervalMax) after
+// each one that could not, because a snapshot still sees the dead rows.
+// Vacuuming then only scans a table that keeps growing until the snapshot
+// ends, on cores the queue needs.
+type vacuumPace struct {
+	base, every time.Duration
+}
+
+const vacuumIntervalMax = 2 * time.Minute
+
+func (p *vacuumPace) interval() time.Duration { return max(p.every, p.base) }
+
+func (p *vacuumPace) done(v vacuumResult) {
+	switch {
+	case v.ineffective():
+		p.every = min(2*p.interval(), max(vacuumIntervalMax, p.base))
+	case v.ran:
+		p.every = p.base
+	}
+}

@@ -1,0 +1,124 @@
+package queue
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/skiplock/skiplock/batch"
+)
+
+func TestClaimCursor(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	b := func(id int64, prio int16, runAt time.Time) batch.Batch {
+		return batch.Batch{ID: id, Priority: prio, RunAt: runAt}
+	}
+	var c claimCursor
+
+	full, _, _ := c.next(t0, false)
+	require.True(t, full, "the first claim reads from the head")
+	// A full claim that found nothing: the floor is the database's clock,
+	// less the lag, at the default priority.
+	c.done(nil, t0.Add(time.Hour), t0, time.Millisecond)
+	full, p, at := c.next(t0.Add(100*time.Millisecond), false)
+	require.False(t, full)
+	require.Equal(t, int16(0), p)
+	require.Equal(t, t0.Add(time.Hour-claimFloorLag), at)
+
+	// A floored claim: the floor moves to the last batch taken (in any
+	// order), less the lag.
+	c.done([]batch.Batch{b(9, 0, t0.Add(2*time.Hour)), b(7, 0, t0.Add(3*time.Hour)), b(8, 0, t0.Add(2*time.Hour))}, time.Time{}, t0.Add(200*time.Millisecond), time.Millisecond)
+	_, p, at = c.next(t0.Add(300*time.Millisecond), false)
+	require.Equal(t, int16(0), p)
+	require.Equal(t, t0.Add(3*time.Hour-claimFloorLag), at)
+
+	// It never moves down: not for an older batch (a released one found by a
+	// full claim), not for a more urgent one.
+	c.done([]batch.Batch{b(3, 0, t0)}, time.Time{}, t0.Add(400*time.Millisecond), time.Millisecond)
+	c.done([]batch.Batch{b(4, -5, t0.Add(5*time.Hour))}, time.Time{}, t0.Add(500*time.Millisecond), time.Millisecond)
+	_, p, at = c.next(t0.Add(600*time.Millisecond), false)
+	require.Equal(t, int16(0), p)
+	require.Equal(t, t0.Add(3*time.Hour-claimFloorLag), at)
+	// A less urgent priority is further along.
+	c.done([]batch.Batch{b(5, 2, t0)}, time.Time{}, t0.Add(700*time.Millisecond), time.Millisecond)
+	_, p, at = c.next(t0.Add(800*time.Millisecond), false)
+	require.Equal(t, int16(2), p)
+	require.Equal(t, t0.Add(-claimFloorLag), at)
+
+	// A full claim when asked (a reclaim), when due, and after a reset.
+	full, _, _ = c.next(t0.Add(900*time.Millisecond), true)
+	require.True(t, full, "asked")
+	c.done(nil, t0.Add(time.Hour), t0.Add(900*time.Millisecond), time.Millisecond)
+	full, _, _ = c.next(t0.Add(1800*time.Millisecond), false)
+	require.False(t, full, "a full claim ran 0.9 s ago")
+	full, _, _ = c.next(t0.Add(1900*time.Millisecond), false)
+	require.True(t, full, "due: fullScanMin after the last full claim")
+	c.done(nil, time.Time{}, t0.Add(1900*time.Millisecond), 200*time.Millisecond)
+	// A slow full claim (200 ms) spaces the next one out: 50 × 200 ms.
+	full, _, _ = c.next(t0.Add(10*time.Second), false)
+	require.False(t, full)
+	full, _, _ = c.next(t0.Add(11900*time.Millisecond), false)
+	require.True(t, full)
+	c.done(nil, time.Time{}, t0.Add(11900*time.Millisecond), time.Minute)
+	full, _, _ = c.next(t0.Add(11900*time.Millisecond+fullScanMax), false)
+	require.True(t, full, "never further apart than fullScanMax")
+	c.reset()
+	full, _, _ = c.next(t0.Add(11901*time.Millisecond+fullScanMax), false)
+	require.True(t, full, "after a reset")
+}
+
+func TestReclaimFloor(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	var f reclaimFloor
+	lookback, full := f.next(t0)
+	require.True(t, full)
+	require.Equal(t, reclaimAll, lookback)
+	ch := make(chan struct{})
+	f.done(t0, ch, true, 10*time.Millisecond, 3, nil)
+
+	lookback, full = f.next(t0.Add(500 * time.Millisecond))
+	require.False(t, full)
+	require.Equal(t, 500*time.Millisecond+reclaimMargin, lookback, "back to the previous reclaim, and the margin")
+	f.done(t0.Add(500*time.Millisecond), ch, false, time.Millisecond, 0, nil)
+	lookback, _ = f.next(t0.Add(700 * time.Millisecond))
+	require.Equal(t, 200*time.Millisecond+reclaimMargin, lookback)
+
+	// A reclaim that hit its limit or failed: the next one is full.
+	f.done(t0.Add(700*time.Millisecond), ch, false, time.Millisecond, reclaimLimit, nil)
+	_, full = f.next(t0.Add(800 * time.Millisecond))
+	require.True(t, full, "after a reclaim that hit its limit")
+	f.done(t0.Add(800*time.Millisecond), ch, true, time.Millisecond, 0, nil)
+	_, full = f.next(t0.Add(900 * time.Millisecond))
+	require.False(t, full)
+	f.done(t0.Add(900*time.Millisecond), ch, false, time.Millisecond, 0, errors.New("boom"))
+	_, full = f.next(t0.Add(time.Second))
+	require.True(t, full, "after an error")
+	f.done(t0.Add(time.Second), ch, true, time.Millisecond, 0, nil)
+
+	// A writer change: the new writer may hold leases that expired long ago.
+	close(ch)
+	_, full = f.next(t0.Add(1100 * time.Millisecond))
+	require.True(t, full, "after a writer change")
+}
+
+func TestVacuumPace(t *testing.T) {
+	p := vacuumPace{base: 2 * time.Second}
+	require.Equal(t, 2*time.Second, p.interval())
+	p.done(vacuumResult{ran: true, deadBefore: 50000, deadAfter: 100})
+	require.Equal(t, 2*time.Second, p.interval(), "an effective vacuum keeps the pace")
+	held := vacuumResult{ran: true, deadBefore: 50000, deadAfter: 49000}
+	require.True(t, held.ineffective())
+	p.done(held)
+	require.Equal(t, 4*time.Second, p.interval())
+	p.done(vacuumResult{}) // skipped: not due
+	require.Equal(t, 4*time.Second, p.interval())
+	for range 10 {
+		p.done(held)
+	}
+	require.Equal(t, vacuumIntervalMax, p.interval(), "capped")
+	p.done(vacuumResult{ran: true, deadBefore: 60000, deadAfter: 0})
+	require.Equal(t, 2*time.Second, p.interval(), "back to the base once the snapshot is gone")
+	require.False(t, vacuumResult{ran: true, deadBefore: 900, deadAfter: 900}.ineffective(), "too few dead tuples to matter")
+}

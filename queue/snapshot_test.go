@@ -1,0 +1,183 @@
+package queue_test
+
+import (
+	"context"
+	"encoding/json"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/skiplock/skiplock/batch"
+	"github.com/skiplock/skiplock/queue"
+)
+
+// holdSnapshot opens a REPEATABLE READ transaction on its own connection,
+// takes its snapshot, checks that the server counts it as holding back
+// vacuum, and keeps it until the test ends: what a pg_dump or a long
+// analytics query does.
+func (e *env) holdSnapshot(ctx context.Context) {
+	e.t.Helper()
+	conn, err := pgx.Connect(ctx, e.url)
+	require.NoError(e.t, err)
+	e.t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	require.NoError(e.t, err)
+	var n int
+	require.NoError(e.t, tx.QueryRow(ctx, "SELECT count(*) FROM "+e.q("batch")).Scan(&n))
+	var held bool
+	require.NoError(e.t, e.pool.QueryRow(ctx, "SELECT backend_xmin IS NOT NULL FROM pg_stat_activity WHERE pid = $1",
+		conn.PgConn().PID()).Scan(&held))
+	require.True(e.t, held, "the snapshot holds back the xmin horizon")
+}
+
+// churn enqueues n batches and claims and completes them all.
+func (e *env) churn(ctx context.Context, n int) {
+	e.t.Helper()
+	for done := 0; done < n; done += 1000 {
+		enqueueN(e.t, e.client, "work", 1000)
+		bs, err := e.client.Claim(ctx, queue.ClaimParams{Queue: "work", Limit: 1000, Lease: time.Minute})
+		require.NoError(e.t, err)
+		require.Len(e.t, bs, 1000)
+		refs := make([]queue.Ref, len(bs))
+		for i := range bs {
+			refs[i] = queue.Ref{ID: bs[i].ID, Token: bs[i].Lease.Token}
+		}
+		lost, err := e.client.CompleteMany(ctx, refs)
+		require.NoError(e.t, err)
+		require.Empty(e.t, lost)
+	}
+}
+
+// TestClaimFloorSkipsWhatAnOldSnapshotKeeps: while a snapshot older than
+// 20,000 finished batches lives, their entries stay at the head of the
+// claim index. A full claim reads through all of them; a claim from the
+// floor goes straight to the new batches. Both take the same 100.
+func TestClaimFloorSkipsWhatAnOldSnapshotKeeps(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx := testContext(t)
+	e.holdSnapshot(ctx)
+	e.churn(ctx, 20000)
+	enqueueN(t, e.client, "work", 100)
+	var floor time.Time
+	require.NoError(t, e.pool.QueryRow(ctx, "SELECT min(run_at) FROM "+e.q("batch")).Scan(&floor))
+
+	full, floored := queue.ClaimStatements(e.client)
+	// measure runs a claim under EXPLAIN ANALYZE in a transaction it rolls
+	// back, and returns the rows it claimed and the buffers its scans of the
+	// claim index touched.
+	measure := func(sql string, args ...any) (rows, buffers int) {
+		tx, err := e.pool.Begin(ctx)
+		require.NoError(t, err)
+		defer func() { _ = tx.Rollback(ctx) }()
+		var out []byte
+		require.NoError(t, tx.QueryRow(ctx, "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "+sql, args...).Scan(&out))
+		var plan []struct{ Plan planNode }
+		require.NoError(t, json.Unmarshal(out, &plan))
+		require.Len(t, plan, 1)
+		var walk func(n *planNode)
+		walk = func(n *planNode) {
+			if n.Index == "batch_claim_idx" {
+				buffers += n.Hit + n.Read
+			}
+			for i := range n.Plans {
+				walk(&n.Plans[i])
+			}
+		}
+		walk(&plan[0].Plan)
+		return plan[0].Plan.Rows, buffers
+	}
+	args := []any{"work", 100, int64(1), "test", time.Minute.Microseconds()}
+	fullRows, fullBuffers := measure(full, args...)
+	flooredRows, flooredBuffers := measure(floored, append(args, int16(0), floor)...)
+	t.Logf("claim of 100 under an old snapshot after 20,000 finished batches: the full claim read %d buffers of the claim index, the claim from the floor %d", fullBuffers, flooredBuffers)
+	require.Equal(t, 100, fullRows)
+	require.Equal(t, 100, flooredRows)
+	require.Greater(t, fullBuffers, 100, "the full claim walks the entries the snapshot keeps")
+	require.Less(t, flooredBuffers*10, fullBuffers, "the claim from the floor does not")
+
+	// A more urgent batch than the floor's priority is claimed first.
+	urgent, err := e.client.Enqueue(ctx, queue.EnqueueParams{Queue: "work", Priority: -1, Meta: meta(1)})
+	require.NoError(t, err)
+	tx, err := e.pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	rows, err := tx.Query(ctx, floored, "work", 1, int64(1), "test", time.Minute.Microseconds(), int16(0), floor)
+	require.NoError(t, err)
+	ids, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (int64, error) {
+		vals, err := r.Values()
+		if err != nil {
+			return 0, err
+		}
+		return vals[0].(int64), nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, []int64{urgent.ID}, ids)
+}
+
+// planNode is a node of an EXPLAIN (FORMAT JSON) plan.
+type planNode struct {
+	Index string     `json:"Index Name"`
+	Rows  int        `json:"Actual Rows"`
+	Hit   int        `json:"Shared Hit Blocks"`
+	Read  int        `json:"Shared Read Blocks"`
+	Plans []planNode `json:"Plans"`
+}
+
+// TestRunnerClaimsBelowItsFloor: a runner under an old snapshot claims from
+// its floor, and still runs what becomes claimable below it — a batch with a
+// RunAt an hour ago, a more urgent one — and the reclaimed lease of a
+// crashed worker.
+func TestRunnerClaimsBelowItsFloor(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	ctx := testContext(t)
+	e.holdSnapshot(ctx)
+	var handled atomic.Int64
+	seen := make(chan int64, 16)
+	r := startRunner(t, e.client, queue.RunnerConfig{
+		Queue: "work", Concurrency: 50, PollInterval: 50 * time.Millisecond, ReclaimInterval: 100 * time.Millisecond,
+		Handler: func(ctx context.Context, b *batch.Batch) error {
+			handled.Add(1)
+			if b.Meta.EventCount == 7 {
+				seen <- b.ID
+			}
+			return nil
+		},
+	})
+	enqueueN(t, e.client, "work", 3000)
+	waitFor(t, time.Minute, "3000 batches handled", func() bool { return handled.Load() == 3000 })
+	s := r.Stats()
+	require.Positive(t, s.FlooredClaims, "claims start at the floor")
+
+	special := func(p queue.EnqueueParams) int64 {
+		p.Queue, p.Meta = "work", batch.Meta{URI: "s3://below/floor", EventCount: 7}
+		id, err := e.client.Enqueue(ctx, p)
+		require.NoError(t, err)
+		return id.ID
+	}
+	want := map[int64]string{
+		special(queue.EnqueueParams{RunAt: time.Now().Add(-time.Hour)}): "run_at an hour ago",
+		special(queue.EnqueueParams{Priority: -3}):                      "more urgent",
+	}
+	// A crashed worker's claim: its lease expires and is reclaimed, keeping
+	// its place in line far below the floor.
+	crashed := special(queue.EnqueueParams{RunAt: time.Now().Add(time.Hour)})
+	want[crashed] = "reclaimed"
+	e.exec("UPDATE "+e.q("batch")+` SET state = 'running', run_at = now() - interval '2 hours', lease_token = 1,
+		lease_owner = 'gone', attempt = 1, lease_expires_at = now() - interval '1 minute' WHERE id = $1`, crashed)
+	deadline := time.After(30 * time.Second)
+	for len(want) > 0 {
+		select {
+		case id := <-seen:
+			delete(want, id)
+		case <-deadline:
+			t.Fatalf("not run within 30 s: %v", want)
+		}
+	}
+	require.Positive(t, r.Stats().Reclaimed)
+	require.Positive(t, r.Stats().FullClaims)
+}
