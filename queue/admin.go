@@ -376,13 +376,18 @@ func (c *Client) Vacuum(ctx context.Context, minInterval time.Duration) (bool, e
 type vacuumResult struct {
 	ran                   bool
 	deadBefore, deadAfter int64
+	// churned is how many updates and deletes the statistics counted
+	// between the two readings: dead tuples made while the vacuum ran.
+	churned int64
 }
 
 // ineffective reports whether a vacuum that ran left at least half of the
-// dead tuples it found: some snapshot still sees them, and vacuuming again
-// before it ends only costs a scan of the table.
+// dead tuples it found (those it counted after, less the ones made while it
+// ran): some snapshot still sees them, and vacuuming again before it ends
+// only costs a scan of the table.
 func (v vacuumResult) ineffective() bool {
-	return v.ran && v.deadAfter >= VacuumMinDeadTuples && 2*v.deadAfter >= v.deadBefore
+	left := v.deadAfter - v.churned
+	return v.ran && left >= VacuumMinDeadTuples && 2*left >= v.deadBefore
 }
 
 func (c *Client) vacuum(ctx context.Context, minInterval time.Duration) (vacuumResult, error) {
@@ -391,10 +396,11 @@ func (c *Client) vacuum(ctx context.Context, minInterval time.Duration) (vacuumR
 		return v, err
 	}
 	var due, allowed bool
+	var churnBefore, churnAfter int64
 	err := c.retry(ctx, "vacuum", true, func(ctx context.Context) error {
 		opCtx, cancel := c.opContext(ctx)
 		defer cancel()
-		if err := c.db.QueryRow(opCtx, c.sql.vacuumDue, c.sql.table, minInterval.Microseconds(), VacuumMinDeadTuples).Scan(&due, &allowed, &v.deadBefore); err != nil {
+		if err := c.db.QueryRow(opCtx, c.sql.vacuumDue, c.sql.table, minInterval.Microseconds(), VacuumMinDeadTuples).Scan(&due, &allowed, &v.deadBefore, &churnBefore); err != nil {
 			return fmt.Errorf("vacuum: %w", err)
 		}
 		return nil
@@ -423,8 +429,9 @@ func (c *Client) vacuum(ctx context.Context, minInterval time.Duration) (vacuumR
 	// Only a hint for the caller's pacing: on error, count it as effective.
 	opCtx, cancel := c.opContext(ctx)
 	defer cancel()
-	if err := c.db.QueryRow(opCtx, c.sql.deadTuples, c.sql.table).Scan(&v.deadAfter); err != nil {
+	if err := c.db.QueryRow(opCtx, c.sql.deadTuples, c.sql.table).Scan(&v.deadAfter, &churnAfter); err != nil {
 		v.deadAfter = 0
 	}
+	v.churned = max(churnAfter-churnBefore, 0)
 	return v, nil
 }

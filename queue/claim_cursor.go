@@ -25,8 +25,8 @@ import (
 // from the head, that only ever walks the entries of urgent batches). What
 // the floor can miss are batches that became claimable behind it:
 //
-//   - an enqueue whose transaction took longer than claimFloorLag (its
-//     run_at is the transaction's start),
+//   - an enqueue whose transaction took longer than the lag (its run_at is
+//     the transaction's start),
 //   - a batch enqueued with a RunAt in the past,
 //   - a batch released or reclaimed (it keeps its place in line), and
 //   - a batch another claimer had locked and then did not take (its claim
@@ -37,11 +37,20 @@ import (
 // every fullScanMin, or less often when a full claim is slow (fullScanCost
 // times what the last one took, at most fullScanMax). Such a batch waits at
 // most that long beyond its turn; everything else is claimed in order.
+//
+// The lag is what a claim still walks under an old snapshot (the batches
+// finished in the last lag), so it adapts: a full claim that finds a batch
+// of the floor's priority below the floor, claimed for the first time (an
+// enqueue slower than the lag, most likely), doubles it, up to
+// claimFloorLagMax; one that finds none takes a quarter off, down to
+// claimFloorLagMin.
 const (
-	claimFloorLag = time.Second
-	fullScanMin   = time.Second
-	fullScanMax   = 30 * time.Second
-	fullScanCost  = 50
+	claimFloorLagMin  = 50 * time.Millisecond
+	claimFloorLagInit = 250 * time.Millisecond
+	claimFloorLagMax  = 5 * time.Second
+	fullScanMin       = time.Second
+	fullScanMax       = 30 * time.Second
+	fullScanCost      = 50
 )
 
 // claimCursor is a runner's claim floor. Only the claim loop uses it.
@@ -51,7 +60,15 @@ type claimCursor struct {
 	runAt     time.Time
 	lastFull  time.Time
 	fullEvery time.Duration
-	full      bool // the claim in flight is a full one
+	lag       time.Duration // 0: claimFloorLagInit
+	full      bool          // the claim in flight is a full one
+}
+
+func (c *claimCursor) floorLag() time.Duration {
+	if c.lag == 0 {
+		return claimFloorLagInit
+	}
+	return c.lag
 }
 
 // next reports whether the next claim must be a full one (and remembers it
@@ -66,15 +83,26 @@ func (c *claimCursor) next(now time.Time, asked bool) (full bool, priority int16
 // long its round trip took. A claim takes the lowest claimable batches at or
 // above the floor that no other claimer holds, so nothing claimable is left
 // below the last of them but batches of the kinds listed above; the floor
-// moves up to that one, less claimFloorLag. A full claim that found nothing
-// puts the floor at the default priority and the database's clock, less
-// claimFloorLag: whatever is enqueued from then on is above it. The floor
+// moves up to that one, less the lag. A full claim that found nothing puts
+// the floor at the default priority and the database's clock, less the lag:
+// whatever is enqueued from then on is above it. The floor
 // never moves down.
 func (c *claimCursor) done(claimed []batch.Batch, dbNow time.Time, sent time.Time, took time.Duration) {
 	if c.full {
 		c.lastFull = sent
 		c.fullEvery = min(max(took*fullScanCost, fullScanMin), fullScanMax)
+		if c.valid {
+			missed := slices.ContainsFunc(claimed, func(b batch.Batch) bool {
+				return b.Attempt == 1 && b.Priority == c.priority && b.RunAt.Before(c.runAt)
+			})
+			if missed {
+				c.lag = min(2*c.floorLag(), claimFloorLagMax)
+			} else {
+				c.lag = max(c.floorLag()*3/4, claimFloorLagMin)
+			}
+		}
 	}
+	lag := c.floorLag()
 	var p int16
 	var at time.Time
 	switch {
@@ -82,9 +110,9 @@ func (c *claimCursor) done(claimed []batch.Batch, dbNow time.Time, sent time.Tim
 		last := slices.MaxFunc(claimed, func(a, b batch.Batch) int {
 			return cmp.Or(cmp.Compare(a.Priority, b.Priority), a.RunAt.Compare(b.RunAt), cmp.Compare(a.ID, b.ID))
 		})
-		p, at = last.Priority, last.RunAt.Add(-claimFloorLag)
+		p, at = last.Priority, last.RunAt.Add(-lag)
 	case c.full && !dbNow.IsZero():
-		p, at = 0, dbNow.Add(-claimFloorLag)
+		p, at = 0, dbNow.Add(-lag)
 	default:
 		return
 	}
@@ -99,7 +127,7 @@ func (c *claimCursor) reset() { c.valid = false }
 
 // reclaimMargin is how far before the previous reclaim a floored reclaim
 // looks: leases written by a transaction still in flight then.
-const reclaimMargin = 10 * time.Second
+const reclaimMargin = 2 * time.Second
 
 // reclaimFloor paces a runner's reclaims of expired leases the same way.
 // Their scan reads the lease index (lease_expires_at of running batches)

@@ -25,14 +25,14 @@ func TestClaimCursor(t *testing.T) {
 	full, p, at := c.next(t0.Add(100*time.Millisecond), false)
 	require.False(t, full)
 	require.Equal(t, int16(0), p)
-	require.Equal(t, t0.Add(time.Hour-claimFloorLag), at)
+	require.Equal(t, t0.Add(time.Hour-claimFloorLagInit), at)
 
 	// A floored claim: the floor moves to the last batch taken (in any
 	// order), less the lag.
 	c.done([]batch.Batch{b(9, 0, t0.Add(2*time.Hour)), b(7, 0, t0.Add(3*time.Hour)), b(8, 0, t0.Add(2*time.Hour))}, time.Time{}, t0.Add(200*time.Millisecond), time.Millisecond)
 	_, p, at = c.next(t0.Add(300*time.Millisecond), false)
 	require.Equal(t, int16(0), p)
-	require.Equal(t, t0.Add(3*time.Hour-claimFloorLag), at)
+	require.Equal(t, t0.Add(3*time.Hour-claimFloorLagInit), at)
 
 	// It never moves down: not for an older batch (a released one found by a
 	// full claim), not for a more urgent one.
@@ -40,12 +40,12 @@ func TestClaimCursor(t *testing.T) {
 	c.done([]batch.Batch{b(4, -5, t0.Add(5*time.Hour))}, time.Time{}, t0.Add(500*time.Millisecond), time.Millisecond)
 	_, p, at = c.next(t0.Add(600*time.Millisecond), false)
 	require.Equal(t, int16(0), p)
-	require.Equal(t, t0.Add(3*time.Hour-claimFloorLag), at)
+	require.Equal(t, t0.Add(3*time.Hour-claimFloorLagInit), at)
 	// A less urgent priority is further along.
 	c.done([]batch.Batch{b(5, 2, t0)}, time.Time{}, t0.Add(700*time.Millisecond), time.Millisecond)
 	_, p, at = c.next(t0.Add(800*time.Millisecond), false)
 	require.Equal(t, int16(2), p)
-	require.Equal(t, t0.Add(-claimFloorLag), at)
+	require.Equal(t, t0.Add(-claimFloorLagInit), at)
 
 	// A full claim when asked (a reclaim), when due, and after a reset.
 	full, _, _ = c.next(t0.Add(900*time.Millisecond), true)
@@ -67,6 +67,41 @@ func TestClaimCursor(t *testing.T) {
 	c.reset()
 	full, _, _ = c.next(t0.Add(11901*time.Millisecond+fullScanMax), false)
 	require.True(t, full, "after a reset")
+}
+
+// TestClaimFloorLagAdapts: a full claim that finds a first claim below the
+// floor (an enqueue slower than the lag) doubles the lag; one that finds
+// none shortens it; a batch claimed before (released, reclaimed) does not
+// count.
+func TestClaimFloorLagAdapts(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	var c claimCursor
+	c.next(t0, false)
+	c.done([]batch.Batch{{ID: 1, RunAt: t0, Attempt: 1}}, time.Time{}, t0, time.Millisecond)
+	_, _, at := c.next(t0.Add(time.Millisecond), false)
+	require.Equal(t, t0.Add(-claimFloorLagInit), at)
+
+	full, _, _ := c.next(t0.Add(2*time.Second), true)
+	require.True(t, full)
+	slow := batch.Batch{ID: 2, RunAt: t0.Add(-time.Second), Attempt: 1}
+	c.done([]batch.Batch{slow}, time.Time{}, t0.Add(2*time.Second), time.Millisecond)
+	require.Equal(t, 2*claimFloorLagInit, c.floorLag())
+
+	c.next(t0.Add(4*time.Second), true)
+	released := batch.Batch{ID: 3, RunAt: t0.Add(-time.Hour), Attempt: 2}
+	c.done([]batch.Batch{released}, time.Time{}, t0.Add(4*time.Second), time.Millisecond)
+	require.Equal(t, 2*claimFloorLagInit*3/4, c.floorLag(), "a batch claimed before is not a slow enqueue")
+
+	for i := range 40 {
+		c.next(t0.Add(time.Duration(6+2*i)*time.Second), true)
+		c.done(nil, time.Time{}, t0.Add(time.Duration(6+2*i)*time.Second), time.Millisecond)
+	}
+	require.Equal(t, claimFloorLagMin, c.floorLag())
+	for i := range 40 {
+		c.next(t0.Add(time.Duration(100+2*i)*time.Second), true)
+		c.done([]batch.Batch{{ID: int64(10 + i), RunAt: t0.Add(-time.Hour), Attempt: 1}}, time.Time{}, t0.Add(time.Duration(100+2*i)*time.Second), time.Millisecond)
+	}
+	require.Equal(t, claimFloorLagMax, c.floorLag())
 }
 
 func TestReclaimFloor(t *testing.T) {
@@ -121,4 +156,6 @@ func TestVacuumPace(t *testing.T) {
 	p.done(vacuumResult{ran: true, deadBefore: 60000, deadAfter: 0})
 	require.Equal(t, 2*time.Second, p.interval(), "back to the base once the snapshot is gone")
 	require.False(t, vacuumResult{ran: true, deadBefore: 900, deadAfter: 900}.ineffective(), "too few dead tuples to matter")
+	require.False(t, vacuumResult{ran: true, deadBefore: 50000, deadAfter: 60000, churned: 59000}.ineffective(),
+		"what is dead after it was made while it ran")
 }

@@ -402,12 +402,15 @@ ORDER BY 1`
 	sqlVacuumDue = `SELECT coalesce(greatest(s.last_vacuum, s.last_autovacuum) < now() - $2::float8 * interval '1 microsecond', true)
         AND coalesce(s.n_dead_tup, 0) >= $3,
     pg_has_role(current_user, c.relowner, 'MEMBER') OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false),
-    coalesce(s.n_dead_tup, 0)
+    coalesce(s.n_dead_tup, 0), coalesce(s.n_tup_upd + s.n_tup_del, 0)
 FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
 WHERE c.oid = $1::text::regclass`
 
-	// The hot table's dead tuples, as the statistics count them.
-	sqlDeadTuples = `SELECT coalesce(pg_stat_get_dead_tuples($1::text::regclass), 0)`
+	// The hot table's dead tuples, and the updates and deletes that made
+	// them so far, as the statistics count them.
+	sqlDeadTuples = `SELECT coalesce(pg_stat_get_dead_tuples(c.oid), 0),
+    coalesce(pg_stat_get_tuples_updated(c.oid) + pg_stat_get_tuples_deleted(c.oid), 0)
+FROM pg_class c WHERE c.oid = $1::text::regclass`
 
 	// SKIP_LOCKED: if another process is vacuuming the table, do nothing.
 	// INDEX_CLEANUP ON: the point is to remove index entries of finished

@@ -24,6 +24,9 @@ type Report struct {
 	// token on record, or whose run had been overtaken by another claim of the batch while
 	// it still ran (see Check).
 	StaleCompletions int
+	// CompletedByLaterClaim are completions on record under a token no
+	// handler ran with, made after a run of the batch had finished it.
+	CompletedByLaterClaim int
 	// Duplicates are batches (by key) whose handler ran more than once; DuplicateAt holds,
 	// for each, when the second run started.
 	Duplicates  int
@@ -41,8 +44,8 @@ type Report struct {
 
 // String is a one-line summary.
 func (r *Report) String() string {
-	return fmt.Sprintf("acked=%d completed=%d queued=%d lost=%d done_twice=%d stale_completions=%d duplicates=%d delivered_twice=%d overlaps=%d max_overlap=%s executions=%d",
-		r.Acked, r.Completed, r.Queued, r.Lost, r.DoneTwice, r.StaleCompletions, r.Duplicates, r.DeliveredTwice, r.Overlaps, r.MaxOverlap.Round(time.Millisecond), r.Executions)
+	return fmt.Sprintf("acked=%d completed=%d queued=%d lost=%d done_twice=%d stale_completions=%d completed_by_later_claim=%d duplicates=%d delivered_twice=%d overlaps=%d max_overlap=%s executions=%d",
+		r.Acked, r.Completed, r.Queued, r.Lost, r.DoneTwice, r.StaleCompletions, r.CompletedByLaterClaim, r.Duplicates, r.DeliveredTwice, r.Overlaps, r.MaxOverlap.Round(time.Millisecond), r.Executions)
 }
 
 // LostDetail lists the first lost keys with when they were acknowledged, for a log.
@@ -170,6 +173,14 @@ WHERE d.queue = $1`, l.cfg.Queue)
 			}
 		}
 		i := slices.IndexFunc(runs, func(e Execution) bool { return e.Token == d.token })
+		if i < 0 && slices.ContainsFunc(runs, func(e Execution) bool { return e.Done && e.End.Before(d.at) }) {
+			// A run finished the batch before, and a later claim recorded
+			// the completion without running it again: a runner does that
+			// for a batch whose completion a new writer lost (its own
+			// completion journal still held it).
+			rep.CompletedByLaterClaim++
+			continue
+		}
 		if i < 0 {
 			rep.StaleCompletions++ // no handler ran under the token on record
 			if os.Getenv("SKIPLOCK_DEBUG_STALE") != "" {
