@@ -142,15 +142,19 @@ ORDER BY u.ord`
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
-UPDATE {s}.batch b SET
+` + sqlTakeLease + `WHERE b.id = ANY (ARRAY(SELECT id FROM picked))
+RETURNING ` + batchColumns
+
+	// The update both claims make to the rows they picked: lease token $3,
+	// owner $4, expiry $5 µs from now, one more attempt.
+	sqlTakeLease = `UPDATE {s}.batch b SET
     state = 'running',
     attempt = b.attempt + 1,
     attempted_at = now(),
     lease_token = $3,
     lease_owner = $4,
     lease_expires_at = now() + $5::float8 * interval '1 microsecond'
-WHERE b.id = ANY (ARRAY(SELECT id FROM picked))
-RETURNING ` + batchColumns
+`
 
 	// Claim from a floor (see claimCursor): like sqlClaim, but the scan of
 	// the claim index starts at ($6 priority, $7 run_at) instead of the head,
@@ -173,14 +177,7 @@ rest AS (
     LIMIT $2 - (SELECT count(*) FROM urgent)
     FOR UPDATE SKIP LOCKED
 )
-UPDATE {s}.batch b SET
-    state = 'running',
-    attempt = b.attempt + 1,
-    attempted_at = now(),
-    lease_token = $3,
-    lease_owner = $4,
-    lease_expires_at = now() + $5::float8 * interval '1 microsecond'
-WHERE b.id = ANY (ARRAY(SELECT id FROM urgent UNION ALL SELECT id FROM rest))
+` + sqlTakeLease + `WHERE b.id = ANY (ARRAY(SELECT id FROM urgent UNION ALL SELECT id FROM rest))
 RETURNING ` + batchColumns
 
 	// The database's clock, sent with a full claim (see claimCursor.done).
