@@ -108,11 +108,16 @@ func (r *Runner) stop(ctx context.Context, cancel bool) error {
 	case <-ctx.Done():
 		cancel = true
 	}
+	var stopErr error
 	if cancel {
+		if ctx.Err() != nil && r.running() > 0 {
+			// ctx ended with handlers running: they are cut short, and
+			// Stop says so even when they return at once.
+			stopErr = ctx.Err()
+		}
 		r.cancelAll(ErrShutdown)
 	}
 
-	var stopErr error
 	allReturned := true
 	handlersDone := make(chan struct{})
 	go func() {
