@@ -190,12 +190,14 @@ func (c *Client) JournalStats() JournalStats {
 // Operations after Close return ErrClosed; runners must be stopped first.
 // Close does not close the DB. A second Close is a no-op.
 //
-// If a writer change left journaled enqueues not yet asserted on the
-// current writer, Close first tries to assert them, for up to
-// Config.RetryWindow (Config.OpTimeout with NoRetry), and returns an error matching ErrNotReasserted that
-// says how many it could not: those batches were acknowledged by a writer
-// that has since been replaced and may be lost; re-enqueue them (their
-// idempotency keys make that safe).
+// If a writer change left journaled enqueues or completions not yet
+// asserted on the current writer, Close first tries to assert them (the
+// enqueues first), for up to Config.RetryWindow in all (Config.OpTimeout
+// with NoRetry), and returns an error matching ErrNotReasserted that says
+// how many it could not. Enqueues it could not assert were acknowledged by
+// a writer that has since been replaced and may be lost: re-enqueue them
+// (their idempotency keys make that safe). Completions it could not assert
+// only mean those batches may run again.
 func (c *Client) Close() error {
 	if c.closing.Swap(true) {
 		return nil
@@ -208,22 +210,23 @@ func (c *Client) Close() error {
 	if window <= 0 {
 		window = c.cfg.OpTimeout
 	}
-	if _, pending := c.done.counts(); pending > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), window)
-		if n := c.done.flush(ctx, c.assertCompletions); n > 0 {
-			err = fmt.Errorf("close: %d completions acknowledged by a replaced writer could not be asserted on the current one; those batches may run again: %w", n, ErrNotReasserted)
-			c.log.Error("closing with journaled completions not asserted on the current writer", zap.Int("pending", n))
-		}
-		cancel()
-	}
+	// One window for both re-assertions, so Close takes at most that long.
+	ctx, cancel := context.WithTimeout(context.Background(), window)
 	if _, pending := c.journal.counts(); pending > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), window)
+		// Enqueues first: a batch missing from the writer is lost, a
+		// completion missing from it only runs again.
 		if n := c.journal.flush(ctx, c.assertEnqueues); n > 0 {
-			err = errors.Join(err, fmt.Errorf("close: %d acknowledged keyed enqueues could not be asserted on the current writer: %w", n, ErrNotReasserted))
+			err = fmt.Errorf("close: %d acknowledged keyed enqueues could not be asserted on the current writer: %w", n, ErrNotReasserted)
 			c.log.Error("closing with journaled enqueues not asserted on the current writer", zap.Int("pending", n))
 		}
-		cancel()
 	}
+	if _, pending := c.done.counts(); pending > 0 {
+		if n := c.done.flush(ctx, c.assertCompletions); n > 0 {
+			err = errors.Join(err, fmt.Errorf("close: %d completions acknowledged by a replaced writer could not be asserted on the current one; those batches may run again: %w", n, ErrNotReasserted))
+			c.log.Error("closing with journaled completions not asserted on the current writer", zap.Int("pending", n))
+		}
+	}
+	cancel()
 	c.closed.Store(true)
 	close(c.quit)
 	c.bg.Wait()

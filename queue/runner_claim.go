@@ -45,8 +45,35 @@ func (r *Runner) claimLoop() {
 		pending = append(pending, j)
 		free++
 	}
+	// giveUp is the end once Stop stops waiting (r.abandon): one last attempt
+	// to acknowledge what is pending, then the rest is left to lease expiry.
+	giveUp := func() {
+		for done := false; !done; {
+			select {
+			case j := <-r.results:
+				collect(j)
+			default:
+				done = true
+			}
+		}
+		if len(pending) > 0 {
+			if _, _, _, err := r.roundTrip(pending, 0); err != nil {
+				r.log.Error("could not acknowledge outcomes before giving up; their leases will expire",
+					zap.Int("batches", len(pending)), zap.Error(err))
+			}
+		}
+	}
 
 	for {
+		// Checked on every pass, not only while idle: round trips that fail
+		// at once with no writer to wait for retry without idling, and
+		// would otherwise never see it.
+		select {
+		case <-r.abandon:
+			giveUp()
+			return
+		default:
+		}
 		if !stopping {
 			select {
 			case <-r.stopClaims: // noticed before anything else, so no claim starts after it
@@ -123,21 +150,7 @@ func (r *Runner) claimLoop() {
 			stopping = true
 			claimsDone()
 		case <-r.abandon:
-			for done := false; !done; {
-				select {
-				case j := <-r.results:
-					collect(j)
-				default:
-					done = true
-				}
-			}
-			if len(pending) > 0 {
-				// One last attempt, then leave the rest to lease expiry.
-				if _, _, _, err := r.roundTrip(pending, 0); err != nil {
-					r.log.Error("could not acknowledge outcomes before giving up; their leases will expire",
-						zap.Int("batches", len(pending)), zap.Error(err))
-				}
-			}
+			giveUp()
 			return
 		}
 	}

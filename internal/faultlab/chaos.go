@@ -85,11 +85,15 @@ func (r *ChaosResult) String() string {
 // the result. It returns an error when the run itself failed (a topology fault could not be
 // injected, a check could not run); a broken invariant is in the result.
 func RunChaos(ctx context.Context, cfg *ChaosConfig) (*ChaosResult, error) {
+	return RunSchedule(ctx, NewSchedule(cfg.Seed, cfg.Duration, cfg.Kinds), cfg)
+}
+
+// RunSchedule is RunChaos with a given schedule (cfg's Seed, Duration and Kinds unused).
+func RunSchedule(ctx context.Context, sched *Schedule, cfg *ChaosConfig) (*ChaosResult, error) {
 	logf := cfg.Logf
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	sched := NewSchedule(cfg.Seed, cfg.Duration, cfg.Kinds)
 	logf("%s", sched)
 	rotate := slices.ContainsFunc(sched.Faults, func(f Fault) bool { return f.Kind == CredentialRotation })
 	var opts *pgtest.Options

@@ -2,13 +2,16 @@ package faultlab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/skiplock/skiplock/failover"
@@ -85,6 +88,9 @@ func StartCluster(ctx context.Context, cfg *ClusterConfig) (_ *Cluster, err erro
 		}
 		pc.MaxConns = 4
 		pc.ConnConfig.ConnectTimeout = 5 * time.Second
+		// A terminate_backends fault kills these connections too: check each one
+		// as it is taken, so the harness's next query gets a live one.
+		pc.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return true }
 		if c.direct[i], err = pgxpool.NewWithConfig(ctx, pc); err != nil {
 			return nil, err
 		}
@@ -230,14 +236,41 @@ func (c *Cluster) StaleDetectedAfter(i int, t0 time.Time) (time.Time, bool) {
 // WaitCaughtUp waits until node r has replayed what node p has written (at most 30 s).
 func (c *Cluster) WaitCaughtUp(ctx context.Context, p, r int) error {
 	var lsn string
-	if err := c.direct[p].QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+	err := retryKilled(ctx, func() error {
+		return c.direct[p].QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn)
+	})
+	if err != nil {
 		return fmt.Errorf("faultlab: WAL position of node %d: %w", p, err)
 	}
 	return poll(ctx, 30*time.Second, "node "+strconv.Itoa(r)+" to catch up", func() (bool, error) {
 		var ok bool
-		err := c.direct[r].QueryRow(ctx, `SELECT coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, false)`, lsn).Scan(&ok)
+		err := retryKilled(ctx, func() error {
+			return c.direct[r].QueryRow(ctx, `SELECT coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, false)`, lsn).Scan(&ok)
+		})
 		return ok, err
 	})
+}
+
+// retryKilled runs f again (up to three times in all) when it failed because its connection
+// was killed under it, as a terminate_backends fault overlapping a topology fault does.
+func retryKilled(ctx context.Context, f func() error) error {
+	var err error
+	for range 3 {
+		if err = f(); err == nil || !connKilled(err) || ctx.Err() != nil {
+			return err
+		}
+	}
+	return err
+}
+
+// connKilled reports whether err says the connection was terminated (57P01 and the rest of
+// class 57, or a connection-level failure before the statement was sent).
+func connKilled(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return strings.HasPrefix(pgErr.Code, "57")
+	}
+	return pgconn.SafeToRetry(err)
 }
 
 // poll checks cond every 10ms until it holds, fails, or d (or ctx) ends.

@@ -378,9 +378,11 @@ func (c *Cluster) loseCommits(ctx context.Context, l *Load, o *Outcome, w, r int
 	}
 	l.mu.Unlock()
 	var missing int
-	err := c.direct[r].QueryRow(ctx, `SELECT count(*) FROM unnest($2::text[]) AS u(key)
-		WHERE NOT EXISTS (SELECT 1 FROM `+l.table("batch_key")+` k WHERE k.queue = $1 AND k.idempotency_key = u.key)`,
-		l.cfg.Queue, keys).Scan(&missing)
+	err := retryKilled(ctx, func() error {
+		return c.direct[r].QueryRow(ctx, `SELECT count(*) FROM unnest($2::text[]) AS u(key)
+			WHERE NOT EXISTS (SELECT 1 FROM `+l.table("batch_key")+` k WHERE k.queue = $1 AND k.idempotency_key = u.key)`,
+			l.cfg.Queue, keys).Scan(&missing)
+	})
 	if err != nil {
 		return fmt.Errorf("count lost commits: %w", err)
 	}

@@ -323,11 +323,15 @@ func (l *Load) StopProducers() {
 func (l *Load) Stop() {
 	l.stopOnce.Do(func() {
 		l.StopProducers()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		// In parallel, under one deadline: with no writer (a run that failed
+		// mid-fault) each runner gives up on its acknowledgements only then.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		var wg sync.WaitGroup
 		for _, r := range l.Runners {
-			_ = r.StopAndCancel(ctx)
+			wg.Go(func() { _ = r.StopAndCancel(ctx) })
 		}
+		wg.Wait()
 		for _, c := range l.clients {
 			_ = c.Close()
 		}
