@@ -3,6 +3,7 @@ package queue
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -461,14 +462,21 @@ func (c *Client) updateLeasesOnce(ctx context.Context, q querier, op, query stri
 // means every queue. It handles at most 1000 batches per call and reports
 // how many it made available and how many it dead-lettered.
 func (c *Client) ReclaimExpired(ctx context.Context, queue string) (available, dead int, err error) {
-	return c.reclaimExpired(ctx, queue, reclaimAll)
+	return c.reclaimExpired(ctx, queue, reclaimAll, nil)
 }
 
 // reclaimAll is a lookback that covers every lease there can be.
 const reclaimAll = 100 * 365 * 24 * time.Hour
 
+// errReclaimHeld ends a reclaim its hold function stopped.
+var errReclaimHeld = errors.New("reclaim held off")
+
 // reclaimExpired is ReclaimExpired for leases that expired within lookback.
-func (c *Client) reclaimExpired(ctx context.Context, queue string, lookback time.Duration) (available, dead int, err error) {
+//
+// hold, if set, is asked before every attempt: when it says so, the call
+// ends with errReclaimHeld instead of (re)trying (see Runner.holdReclaims).
+
+func (c *Client) reclaimExpired(ctx context.Context, queue string, lookback time.Duration, hold func() bool) (available, dead int, err error) {
 	if err := c.check("reclaim"); err != nil {
 		return 0, 0, err
 	}
@@ -480,6 +488,9 @@ func (c *Client) reclaimExpired(ctx context.Context, queue string, lookback time
 		q = queue
 	}
 	err = c.retry(ctx, "reclaim", true, func(ctx context.Context) error {
+		if hold != nil && hold() {
+			return errReclaimHeld
+		}
 		ctx, cancel := c.opContext(ctx)
 		defer cancel()
 		available, dead = 0, 0

@@ -86,11 +86,15 @@ type Runner struct {
 	// next claim a full one (set by the reclaim loop).
 	cursor         claimCursor
 	fullClaimAsked atomic.Bool
-	stopClaims     chan struct{} // closed when Stop begins
-	claimsDone     chan struct{} // closed by the claim loop once it will dispatch no more batches
-	abandon        chan struct{} // closed when Stop gives up waiting
-	loopDone       chan struct{} // closed when the claim loop exits
-	stopped        chan struct{} // closed when Stop has finished
+	// troubleAt is when the runner last failed to reach a writer or saw the
+	// writer change (Unix nanoseconds): reclaims hold off for reclaimHold
+	// after it (see reclaimLoop).
+	troubleAt  atomic.Int64
+	stopClaims chan struct{} // closed when Stop begins
+	claimsDone chan struct{} // closed by the claim loop once it will dispatch no more batches
+	abandon    chan struct{} // closed when Stop gives up waiting
+	loopDone   chan struct{} // closed when the claim loop exits
+	stopped    chan struct{} // closed when Stop has finished
 
 	cancelledAll bool // set by cancelAll, under mu
 	bgCancel     context.CancelFunc

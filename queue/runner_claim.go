@@ -92,6 +92,7 @@ func (r *Runner) claimLoop() {
 			claimed, sent, retry, err := r.roundTrip(pending, n)
 			if err != nil {
 				r.stats.roundTripErrors.Add(1)
+				r.noteTrouble(err)
 				d := retryDelay(bo, err, time.Since(sent))
 				r.log.Warn("claim round trip failed; retrying", zap.Error(err), zap.Duration("retry_in", d), zap.Int("pending_acks", len(pending)))
 				if d == 0 {
@@ -142,6 +143,7 @@ func (r *Runner) claimLoop() {
 			// once the journals know (see finishedBefore).
 			r.c.advance(changed)
 			changed = watcher.WriterChanged()
+			r.troubleAt.Store(time.Now().UnixNano())
 			r.cursor.reset() // re-asserted batches may sit anywhere in line
 			retryC = nil
 			want = true

@@ -85,6 +85,7 @@ func (r *Runner) heartbeatLoop(ctx context.Context) {
 				return
 			}
 			r.stats.heartbeatErrors.Add(1)
+			r.noteTrouble(err)
 			r.log.Warn("lease renewal failed", zap.Int("batches", len(jobs)), zap.Error(err))
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/skiplock/skiplock/failover"
 )
 
 // Start checks that the queue's tables are reachable, starts listening for
@@ -263,9 +265,17 @@ func (r *Runner) reclaimLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			if r.holdReclaims() {
+				continue
+			}
 			start, changed := time.Now(), r.c.writerChanged()
 			lookback, full := floor.next(start)
-			avail, dead, err := r.c.reclaimExpired(ctx, r.cfg.Queue, lookback)
+			// The hold is asked again before every retry: a reclaim that
+			// retried through an outage would land the moment it ends.
+			avail, dead, err := r.c.reclaimExpired(ctx, r.cfg.Queue, lookback, r.holdReclaims)
+			if errors.Is(err, errReclaimHeld) {
+				continue
+			}
 			floor.done(start, changed, full, time.Since(start), avail+dead, err)
 			if err != nil {
 				if ctx.Err() == nil {
@@ -308,4 +318,29 @@ func (r *Runner) reclaimLoop(ctx context.Context) {
 			r.log.Debug("pruned", zap.Int64("completion_records", done), zap.Int64("keys", keys))
 		}
 	}
+}
+
+// reclaimHold is how long after the runner last failed to reach a writer
+// (or saw the writer change) it leaves expired leases alone. Leases expire
+// while no one can reach a writer — a blackhole, a failover, 20 s with no
+// writer — although their owners are alive and may hold finished outcomes;
+// reclaiming them the moment the writer is back races those owners and
+// runs finished batches again. The owners need one round trip: their claim
+// loops retry at once on a writer change and within 250 ms otherwise, and
+// re-confirm their leases on a writer change. A runner in another process
+// that never lost the writer reclaims as usual: for it the owner really
+// was gone for a whole lease.
+const reclaimHold = 2 * time.Second
+
+// noteTrouble records a failure to reach a writer (see reclaimHold).
+func (r *Runner) noteTrouble(err error) {
+	if failover.Classify(err).Transient() {
+		r.troubleAt.Store(time.Now().UnixNano())
+	}
+}
+
+// holdReclaims reports whether reclaims hold off (see reclaimHold).
+func (r *Runner) holdReclaims() bool {
+	at := r.troubleAt.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) < reclaimHold
 }

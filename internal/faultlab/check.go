@@ -213,6 +213,12 @@ WHERE d.queue = $1`, l.cfg.Queue)
 		slices.SortFunc(es, func(a, b Execution) int { return a.Start.Compare(b.Start) })
 		rep.Duplicates++
 		rep.DuplicateAt = append(rep.DuplicateAt, es[1].Start)
+		if os.Getenv("SKIPLOCK_DEBUG_DUP") != "" {
+			for _, e := range es {
+				fmt.Fprintf(os.Stderr, "DUP key=%q id=%d tok=%d runner=%s start=%s end=%s done=%t\n", e.Key, e.BatchID, e.Token, e.Runner,
+					e.Start.Format("15:04:05.000"), e.End.Format("15:04:05.000"), e.Done)
+			}
+		}
 		var done []Execution
 		for _, e := range es {
 			if e.Done {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -32,6 +34,21 @@ const (
 // AllKinds lists every kind.
 var AllKinds = []Kind{PlannedFailover, StaleEndpoint, ReversedFailover, SplitBrain, Restart, CommitLoss,
 	CommitLossFlipBack, NoWriter, Blackhole, Latency, TerminateBackends, AdminShutdown, WorkerCrash, CredentialRotation}
+
+// ParseKinds parses a comma-separated list of kinds.
+func ParseKinds(s string) ([]Kind, error) {
+	var out []Kind
+	for _, f := range strings.Split(s, ",") {
+		k := Kind(strings.TrimSpace(f))
+		if !slices.Contains(AllKinds, k) {
+			return nil, fmt.Errorf("unknown fault kind %q (known: %v)", f, AllKinds)
+		}
+		if !slices.Contains(out, k) {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
 
 // Topology reports whether the kind changes (or restarts) the writer; such faults never
 // overlap each other.

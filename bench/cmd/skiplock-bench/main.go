@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/skiplock/skiplock/bench/internal/harness"
+	"github.com/skiplock/skiplock/internal/faultlab"
 )
 
 func main() {
@@ -42,6 +43,7 @@ func run() int {
 		outDir    = flag.String("out-dir", "", "directory for -json and -chart files given without a directory (created if missing)")
 		reps      = flag.Int("reps", 0, "repetitions of each measurement (0: the preset's)")
 		workers   = flag.String("workers", "", "throughput worker counts, e.g. 1,2,4,8,16 (default: the preset's)")
+		kinds     = flag.String("chaos-kinds", "", "chaos: comma-separated fault kinds to draw from (default: every kind)")
 	)
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: skiplock-bench [flags]\n\n")
@@ -58,6 +60,9 @@ func run() int {
 	}
 	if err == nil && *workers != "" {
 		cfg.Workers, err = harness.ParseInts(*workers)
+	}
+	if err == nil && *kinds != "" {
+		cfg.ChaosKinds, err = faultlab.ParseKinds(*kinds)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "skiplock-bench:", err)
