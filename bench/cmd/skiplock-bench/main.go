@@ -36,7 +36,7 @@ func run() int {
 		preset    = flag.String("preset", "quick", "quick (a few minutes on 2 cores) or full")
 		duration  = flag.Duration("duration", 0, "soak duration; also scales the latency window; the chaos schedule's length (0: the preset's)")
 		seed      = flag.Int64("seed", 0, "chaos: seed of the randomized fault schedule (0: from the clock; printed, the same seed replays the schedule)")
-		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover, chaos (all: every one but chaos)")
+		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover, chaos, backlog (all: every one but chaos and backlog)")
 		dsn       = flag.String("dsn", "", "PostgreSQL connection string to measure on (default: start a throwaway server); the failover scenario always starts its own servers")
 		jsonPath  = flag.String("json", "", "write every figure as JSON to this file")
 		chartPath = flag.String("chart", "", "write the throughput chart (SVG) to this file")
@@ -44,6 +44,7 @@ func run() int {
 		reps      = flag.Int("reps", 0, "repetitions of each measurement (0: the preset's)")
 		workers   = flag.String("workers", "", "throughput worker counts, e.g. 1,2,4,8,16 (default: the preset's)")
 		kinds     = flag.String("chaos-kinds", "", "chaos: comma-separated fault kinds to draw from (default: every kind)")
+		backlog   = flag.Int("backlog", 0, "backlog scenario: batches enqueued before the drain (0: the preset's, quick 1,000,000, full 10,000,000)")
 	)
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: skiplock-bench [flags]\n\n")
@@ -79,6 +80,9 @@ func run() int {
 	}
 	if *reps > 0 {
 		cfg.Reps = *reps
+	}
+	if *backlog > 0 {
+		cfg.BacklogRows = *backlog
 	}
 	cfg.DSN = *dsn
 	cfg.Progress = os.Stderr

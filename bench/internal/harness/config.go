@@ -23,12 +23,16 @@ const (
 	ScenarioChaos      = "chaos"
 )
 
+// ScenarioBacklog runs only when named: it enqueues BacklogRows batches per
+// system before draining them.
+const ScenarioBacklog = "backlog"
+
 // AllScenarios lists every scenario but chaos, which runs only when named
 // (it lasts ChaosDuration).
 var AllScenarios = []string{ScenarioEnqueue, ScenarioThroughput, ScenarioCeiling, ScenarioPeer, ScenarioLatency, ScenarioSoak, ScenarioFailover}
 
 // knownScenarios are the names ParseScenarios accepts.
-var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos)
+var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos, ScenarioBacklog)
 
 // Config is one run of the harness. Presets fill it; flags override fields.
 type Config struct {
@@ -71,6 +75,9 @@ type Config struct {
 	ChaosSeed     int64           // chaos: the schedule's seed (printed; the same seed replays it)
 	ChaosKinds    []faultlab.Kind // chaos: the fault kinds drawn from (nil: every kind)
 
+	BacklogRows  int   // backlog: keyed batches enqueued before the drain
+	BacklogMarks []int // backlog: depths at which the drain rate is reported (those <= BacklogRows)
+
 	Progress io.Writer // progress lines; nil discards them
 }
 
@@ -90,6 +97,7 @@ func Preset(name string) (*Config, error) {
 		WorkerCrash:      true,
 		ChaosDuration:    5 * time.Minute,
 		ChaosSeed:        1,
+		BacklogMarks:     slices.Clone(BacklogMarksDefault),
 	}
 	switch name {
 	case "quick":
@@ -104,6 +112,7 @@ func Preset(name string) (*Config, error) {
 		c.FailoverRepeat = 1
 		c.StaleWindow = 2 * time.Second
 		c.BlackholeWindow = 3 * time.Second
+		c.BacklogRows = 1_000_000
 	case "full":
 		c.Reps = 5
 		c.Workers = []int{1, 2, 4, 8, 16}
@@ -116,6 +125,7 @@ func Preset(name string) (*Config, error) {
 		c.FailoverRepeat = 3
 		c.StaleWindow = 5 * time.Second
 		c.BlackholeWindow = 10 * time.Second
+		c.BacklogRows = 10_000_000
 	default:
 		return nil, fmt.Errorf("unknown preset %q (quick or full)", name)
 	}
@@ -153,6 +163,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("ChaosDuration must be at least 30s")
 	case c.LatencyRate <= 0:
 		return fmt.Errorf("LatencyRate must be positive")
+	case c.has(ScenarioBacklog) && c.BacklogRows < 1000:
+		return fmt.Errorf("BacklogRows must be at least 1,000")
 	}
 	for _, s := range c.ClaimSizes {
 		if c.DrainRows[s] < s {
