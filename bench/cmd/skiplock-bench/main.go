@@ -35,13 +35,15 @@ func run() int {
 		preset    = flag.String("preset", "quick", "quick (a few minutes on 2 cores) or full")
 		duration  = flag.Duration("duration", 0, "soak duration; also scales the latency window; the chaos schedule's length (0: the preset's)")
 		seed      = flag.Int64("seed", 0, "chaos: seed of the randomized fault schedule (0: from the clock; printed, the same seed replays the schedule)")
-		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover, chaos (all: every one but chaos)")
+		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover, chaos, cost, retention (all: every one but chaos, cost and retention)")
 		dsn       = flag.String("dsn", "", "PostgreSQL connection string to measure on (default: start a throwaway server); the failover scenario always starts its own servers")
 		jsonPath  = flag.String("json", "", "write every figure as JSON to this file")
 		chartPath = flag.String("chart", "", "write the throughput chart (SVG) to this file")
 		outDir    = flag.String("out-dir", "", "directory for -json and -chart files given without a directory (created if missing)")
 		reps      = flag.Int("reps", 0, "repetitions of each measurement (0: the preset's)")
 		workers   = flag.String("workers", "", "throughput worker counts, e.g. 1,2,4,8,16 (default: the preset's)")
+		costN     = flag.Int("cost-batches", 0, "cost: batches (River: jobs) per measured lifecycle of each variant (0: the preset's)")
+		retRows   = flag.Int("retention-rows", 0, "retention: key rows at the target size (0: the preset's; 7 days of 500 batches/s is 302400000)")
 	)
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: skiplock-bench [flags]\n\n")
@@ -74,6 +76,12 @@ func run() int {
 	}
 	if *reps > 0 {
 		cfg.Reps = *reps
+	}
+	if *costN > 0 {
+		cfg.CostBatches = *costN
+	}
+	if *retRows > 0 {
+		cfg.RetentionRows = *retRows
 	}
 	cfg.DSN = *dsn
 	cfg.Progress = os.Stderr

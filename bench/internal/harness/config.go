@@ -21,6 +21,8 @@ const (
 	ScenarioSoak       = "soak"
 	ScenarioFailover   = "failover"
 	ScenarioChaos      = "chaos"
+	ScenarioCost       = "cost"
+	ScenarioRetention  = "retention"
 )
 
 // AllScenarios lists every scenario but chaos, which runs only when named
@@ -28,7 +30,7 @@ const (
 var AllScenarios = []string{ScenarioEnqueue, ScenarioThroughput, ScenarioCeiling, ScenarioPeer, ScenarioLatency, ScenarioSoak, ScenarioFailover}
 
 // knownScenarios are the names ParseScenarios accepts.
-var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos)
+var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos, ScenarioCost, ScenarioRetention)
 
 // Config is one run of the harness. Presets fill it; flags override fields.
 type Config struct {
@@ -71,6 +73,12 @@ type Config struct {
 	ChaosSeed     int64           // chaos: the schedule's seed (printed; the same seed replays it)
 	ChaosKinds    []faultlab.Kind // chaos: the fault kinds drawn from (nil: every kind)
 
+	CostBatches int // cost: batches (River: jobs) per measured lifecycle of each variant
+
+	RetentionRows     int           // retention: key rows at the target size (7 days of 500 batches/s: 302,400,000)
+	RetentionBaseRows int           // retention: key rows at the size it is compared with
+	RetentionWindow   time.Duration // retention: keyed enqueue measuring window
+
 	Progress io.Writer // progress lines; nil discards them
 }
 
@@ -104,6 +112,8 @@ func Preset(name string) (*Config, error) {
 		c.FailoverRepeat = 1
 		c.StaleWindow = 2 * time.Second
 		c.BlackholeWindow = 3 * time.Second
+		c.CostBatches = 20000
+		c.RetentionRows, c.RetentionBaseRows, c.RetentionWindow = 10_000_000, 1_000_000, 5*time.Second
 	case "full":
 		c.Reps = 5
 		c.Workers = []int{1, 2, 4, 8, 16}
@@ -116,6 +126,8 @@ func Preset(name string) (*Config, error) {
 		c.FailoverRepeat = 3
 		c.StaleWindow = 5 * time.Second
 		c.BlackholeWindow = 10 * time.Second
+		c.CostBatches = 100000
+		c.RetentionRows, c.RetentionBaseRows, c.RetentionWindow = 7*24*3600*500, 1_000_000, 20*time.Second
 	default:
 		return nil, fmt.Errorf("unknown preset %q (quick or full)", name)
 	}
@@ -153,6 +165,10 @@ func (c *Config) validate() error {
 		return fmt.Errorf("ChaosDuration must be at least 30s")
 	case c.LatencyRate <= 0:
 		return fmt.Errorf("LatencyRate must be positive")
+	case c.has(ScenarioCost) && c.CostBatches < 4*costPerCall:
+		return fmt.Errorf("CostBatches must be at least %d", 4*costPerCall)
+	case c.has(ScenarioRetention) && (c.RetentionBaseRows < 7 || c.RetentionRows < c.RetentionBaseRows || c.RetentionWindow < time.Second):
+		return fmt.Errorf("RetentionBaseRows must be at least 7, RetentionRows at least RetentionBaseRows, RetentionWindow at least 1s")
 	}
 	for _, s := range c.ClaimSizes {
 		if c.DrainRows[s] < s {

@@ -50,7 +50,8 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 	}
 	enqueueSystems, throughputSystems, latencySystems := pick(ScenarioEnqueue), pick(ScenarioThroughput), pick(ScenarioLatency)
 	ceiling := cfg.has(ScenarioCeiling)
-	needEnv := len(enqueueSystems) > 0 || len(throughputSystems) > 0 || ceiling || len(latencySystems) > 0 || cfg.has(ScenarioSoak)
+	needEnv := len(enqueueSystems) > 0 || len(throughputSystems) > 0 || ceiling || len(latencySystems) > 0 || cfg.has(ScenarioSoak) ||
+		cfg.has(ScenarioCost) || cfg.has(ScenarioRetention)
 	if needEnv {
 		e, err := startEnv(ctx, cfg.DSN, prog)
 		if err != nil {
@@ -77,6 +78,14 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 		if cfg.has(ScenarioSoak) && ctx.Err() == nil {
 			prog.step("scenario soak (%s)", cfg.SoakDuration)
 			fail(ScenarioSoak, runSoak(ctx, cfg, e, rep, prog))
+		}
+		if cfg.has(ScenarioCost) && ctx.Err() == nil { // River always: the scenario is a comparison
+			prog.step("scenario cost (skiplock, River; %d batches per variant)", cfg.CostBatches)
+			fail(ScenarioCost, runCost(ctx, cfg, e, rep, prog))
+		}
+		if cfg.has(ScenarioRetention) && ctx.Err() == nil {
+			prog.step("scenario retention (%d key rows against %d)", cfg.RetentionRows, cfg.RetentionBaseRows)
+			fail(ScenarioRetention, runRetention(ctx, cfg, e, rep, prog))
 		}
 	}
 	if cfg.has(ScenarioFailover) && ctx.Err() == nil {
@@ -220,6 +229,8 @@ func derive(rep *Report) {
 	if p99, ok := rep.get(ScenarioFailover, SystemSkiplock, "recovery_p99_ms"); ok {
 		check("failover: recovery p99 (writer reachable → first handler start)", "< 1000", p99, "ms", p99 < 1000)
 	}
+	deriveCost(rep, check)
+	deriveRetention(rep, check)
 }
 
 // paramValues lists the distinct values of param among matching figures,

@@ -23,6 +23,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 	r.throughputTable(tw)
 	r.latencyTable(tw)
 	r.soakTable(tw)
+	r.costTable(tw)
+	r.retentionTable(tw)
 	r.failoverTable(tw)
 	r.chaosTable(tw)
 	if err := tw.Flush(); err != nil {
