@@ -36,7 +36,7 @@ func run() int {
 		preset    = flag.String("preset", "quick", "quick (a few minutes on 2 cores) or full")
 		duration  = flag.Duration("duration", 0, "soak duration; also scales the latency window; the chaos schedule's length (0: the preset's)")
 		seed      = flag.Int64("seed", 0, "chaos: seed of the randomized fault schedule (0: from the clock; printed, the same seed replays the schedule)")
-		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover, chaos, backlog (all: every one but chaos and backlog)")
+		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover, chaos, backlog, cost, retention (all: every one but chaos, backlog, cost and retention)")
 		dsn       = flag.String("dsn", "", "PostgreSQL connection string to measure on (default: start a throwaway server); the failover scenario always starts its own servers")
 		jsonPath  = flag.String("json", "", "write every figure as JSON to this file")
 		chartPath = flag.String("chart", "", "write the throughput chart (SVG) to this file")
@@ -45,6 +45,8 @@ func run() int {
 		workers   = flag.String("workers", "", "throughput worker counts, e.g. 1,2,4,8,16 (default: the preset's)")
 		kinds     = flag.String("chaos-kinds", "", "chaos: comma-separated fault kinds to draw from (default: every kind)")
 		backlog   = flag.Int("backlog", 0, "backlog scenario: batches enqueued before the drain (0: the preset's, quick 1,000,000, full 10,000,000)")
+		costN     = flag.Int("cost-batches", 0, "cost: batches (River: jobs) per measured lifecycle of each variant (0: the preset's)")
+		retRows   = flag.Int("retention-rows", 0, "retention: key rows at the target size (0: the preset's; 7 days of 500 batches/s is 302400000)")
 	)
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: skiplock-bench [flags]\n\n")
@@ -83,6 +85,12 @@ func run() int {
 	}
 	if *backlog > 0 {
 		cfg.BacklogRows = *backlog
+	}
+	if *costN > 0 {
+		cfg.CostBatches = *costN
+	}
+	if *retRows > 0 {
+		cfg.RetentionRows = *retRows
 	}
 	cfg.DSN = *dsn
 	cfg.Progress = os.Stderr

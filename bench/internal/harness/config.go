@@ -21,6 +21,8 @@ const (
 	ScenarioSoak       = "soak"
 	ScenarioFailover   = "failover"
 	ScenarioChaos      = "chaos"
+	ScenarioCost       = "cost"
+	ScenarioRetention  = "retention"
 )
 
 // ScenarioBacklog runs only when named: it enqueues BacklogRows batches per
@@ -32,7 +34,7 @@ const ScenarioBacklog = "backlog"
 var AllScenarios = []string{ScenarioEnqueue, ScenarioThroughput, ScenarioCeiling, ScenarioPeer, ScenarioLatency, ScenarioSoak, ScenarioFailover}
 
 // knownScenarios are the names ParseScenarios accepts.
-var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos, ScenarioBacklog)
+var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos, ScenarioBacklog, ScenarioCost, ScenarioRetention)
 
 // Config is one run of the harness. Presets fill it; flags override fields.
 type Config struct {
@@ -78,6 +80,12 @@ type Config struct {
 	BacklogRows  int   // backlog: keyed batches enqueued before the drain
 	BacklogMarks []int // backlog: depths at which the drain rate is reported (those <= BacklogRows)
 
+	CostBatches int // cost: batches (River: jobs) per measured lifecycle of each variant
+
+	RetentionRows     int           // retention: key rows at the target size (7 days of 500 batches/s: 302,400,000)
+	RetentionBaseRows int           // retention: key rows at the size it is compared with
+	RetentionWindow   time.Duration // retention: keyed enqueue measuring window
+
 	Progress io.Writer // progress lines; nil discards them
 }
 
@@ -113,6 +121,8 @@ func Preset(name string) (*Config, error) {
 		c.StaleWindow = 2 * time.Second
 		c.BlackholeWindow = 3 * time.Second
 		c.BacklogRows = 1_000_000
+		c.CostBatches = 20000
+		c.RetentionRows, c.RetentionBaseRows, c.RetentionWindow = 10_000_000, 1_000_000, 5*time.Second
 	case "full":
 		c.Reps = 5
 		c.Workers = []int{1, 2, 4, 8, 16}
@@ -126,6 +136,8 @@ func Preset(name string) (*Config, error) {
 		c.StaleWindow = 5 * time.Second
 		c.BlackholeWindow = 10 * time.Second
 		c.BacklogRows = 10_000_000
+		c.CostBatches = 100000
+		c.RetentionRows, c.RetentionBaseRows, c.RetentionWindow = 7*24*3600*500, 1_000_000, 20*time.Second
 	default:
 		return nil, fmt.Errorf("unknown preset %q (quick or full)", name)
 	}
@@ -165,6 +177,10 @@ func (c *Config) validate() error {
 		return fmt.Errorf("LatencyRate must be positive")
 	case c.has(ScenarioBacklog) && c.BacklogRows < 1000:
 		return fmt.Errorf("BacklogRows must be at least 1,000")
+	case c.has(ScenarioCost) && c.CostBatches < 4*costPerCall:
+		return fmt.Errorf("CostBatches must be at least %d", 4*costPerCall)
+	case c.has(ScenarioRetention) && (c.RetentionBaseRows < 7 || c.RetentionRows < c.RetentionBaseRows || c.RetentionWindow < time.Second):
+		return fmt.Errorf("RetentionBaseRows must be at least 7, RetentionRows at least RetentionBaseRows, RetentionWindow at least 1s")
 	}
 	for _, s := range c.ClaimSizes {
 		if c.DrainRows[s] < s {

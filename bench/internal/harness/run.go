@@ -50,7 +50,8 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 	}
 	enqueueSystems, throughputSystems, latencySystems := pick(ScenarioEnqueue), pick(ScenarioThroughput), pick(ScenarioLatency)
 	ceiling := cfg.has(ScenarioCeiling)
-	needEnv := len(enqueueSystems) > 0 || len(throughputSystems) > 0 || ceiling || len(latencySystems) > 0 || cfg.has(ScenarioSoak) || cfg.has(ScenarioBacklog)
+	needEnv := len(enqueueSystems) > 0 || len(throughputSystems) > 0 || ceiling || len(latencySystems) > 0 || cfg.has(ScenarioSoak) ||
+		cfg.has(ScenarioBacklog) || cfg.has(ScenarioCost) || cfg.has(ScenarioRetention)
 	if needEnv {
 		e, err := startEnv(ctx, cfg.DSN, prog)
 		if err != nil {
@@ -81,6 +82,14 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 		if cfg.has(ScenarioBacklog) && ctx.Err() == nil { // always both systems, whether or not peer is named
 			prog.step("scenario backlog (%d batches; skiplock, river)", cfg.BacklogRows)
 			fail(ScenarioBacklog, runBacklog(ctx, cfg, e, rep, prog))
+		}
+		if cfg.has(ScenarioCost) && ctx.Err() == nil { // River always: the scenario is a comparison
+			prog.step("scenario cost (skiplock, River; %d batches per variant)", cfg.CostBatches)
+			fail(ScenarioCost, runCost(ctx, cfg, e, rep, prog))
+		}
+		if cfg.has(ScenarioRetention) && ctx.Err() == nil {
+			prog.step("scenario retention (%d key rows against %d)", cfg.RetentionRows, cfg.RetentionBaseRows)
+			fail(ScenarioRetention, runRetention(ctx, cfg, e, rep, prog))
 		}
 	}
 	if cfg.has(ScenarioFailover) && ctx.Err() == nil {
@@ -225,6 +234,8 @@ func derive(rep *Report) {
 		check("failover: recovery p99 (writer reachable → first handler start)", "< 1000", p99, "ms", p99 < 1000)
 	}
 	backlogTargets(rep)
+	deriveCost(rep, check)
+	deriveRetention(rep, check)
 }
 
 // paramValues lists the distinct values of param among matching figures,

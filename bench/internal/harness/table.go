@@ -24,6 +24,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 	r.latencyTable(tw)
 	r.soakTable(tw)
 	r.backlogTable(tw)
+	r.costTable(tw)
+	r.retentionTable(tw)
 	r.failoverTable(tw)
 	r.chaosTable(tw)
 	if err := tw.Flush(); err != nil {
