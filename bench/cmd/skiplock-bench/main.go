@@ -27,6 +27,9 @@ func main() {
 	if harness.IsCrashWorker() {
 		os.Exit(harness.CrashWorkerMain())
 	}
+	if harness.IsSlotsChild() {
+		os.Exit(harness.SlotsChildMain())
+	}
 	os.Exit(run())
 }
 
@@ -35,13 +38,15 @@ func run() int {
 		preset    = flag.String("preset", "quick", "quick (a few minutes on 2 cores) or full")
 		duration  = flag.Duration("duration", 0, "soak duration; also scales the latency window; the chaos schedule's length (0: the preset's)")
 		seed      = flag.Int64("seed", 0, "chaos: seed of the randomized fault schedule (0: from the clock; printed, the same seed replays the schedule)")
-		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover, chaos (all: every one but chaos)")
+		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover, chaos, slots (all: every one but chaos and slots)")
 		dsn       = flag.String("dsn", "", "PostgreSQL connection string to measure on (default: start a throwaway server); the failover scenario always starts its own servers")
 		jsonPath  = flag.String("json", "", "write every figure as JSON to this file")
 		chartPath = flag.String("chart", "", "write the throughput chart (SVG) to this file")
 		outDir    = flag.String("out-dir", "", "directory for -json and -chart files given without a directory (created if missing)")
 		reps      = flag.Int("reps", 0, "repetitions of each measurement (0: the preset's)")
 		workers   = flag.String("workers", "", "throughput worker counts, e.g. 1,2,4,8,16 (default: the preset's)")
+		slots     = flag.String("slots", "", "slots: handler slots per worker process, e.g. 1,16,64,256 (default: the preset's)")
+		processes = flag.String("processes", "", "slots: worker process counts, e.g. 1,4,16 (default: the preset's)")
 	)
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: skiplock-bench [flags]\n\n")
@@ -58,6 +63,12 @@ func run() int {
 	}
 	if err == nil && *workers != "" {
 		cfg.Workers, err = harness.ParseInts(*workers)
+	}
+	if err == nil && *slots != "" {
+		cfg.Slots, err = harness.ParseInts(*slots)
+	}
+	if err == nil && *processes != "" {
+		cfg.Processes, err = harness.ParseInts(*processes)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "skiplock-bench:", err)

@@ -21,14 +21,15 @@ const (
 	ScenarioSoak       = "soak"
 	ScenarioFailover   = "failover"
 	ScenarioChaos      = "chaos"
+	ScenarioSlots      = "slots"
 )
 
 // AllScenarios lists every scenario but chaos, which runs only when named
-// (it lasts ChaosDuration).
+// (it lasts ChaosDuration), and slots (minutes of worker processes).
 var AllScenarios = []string{ScenarioEnqueue, ScenarioThroughput, ScenarioCeiling, ScenarioPeer, ScenarioLatency, ScenarioSoak, ScenarioFailover}
 
 // knownScenarios are the names ParseScenarios accepts.
-var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos)
+var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos, ScenarioSlots)
 
 // Config is one run of the harness. Presets fill it; flags override fields.
 type Config struct {
@@ -71,6 +72,11 @@ type Config struct {
 	ChaosSeed     int64           // chaos: the schedule's seed (printed; the same seed replays it)
 	ChaosKinds    []faultlab.Kind // chaos: the fault kinds drawn from (nil: every kind)
 
+	Slots     []int         // slots: handler slots per worker process
+	Processes []int         // slots: worker processes
+	SlotsRows int           // slots: the most batches prefilled for one drain
+	SlotsCap  time.Duration // slots: ends a drain that has not emptied the queue
+
 	Progress io.Writer // progress lines; nil discards them
 }
 
@@ -90,6 +96,7 @@ func Preset(name string) (*Config, error) {
 		WorkerCrash:      true,
 		ChaosDuration:    5 * time.Minute,
 		ChaosSeed:        1,
+		Slots:            []int{1, 16, 64, 256},
 	}
 	switch name {
 	case "quick":
@@ -104,6 +111,9 @@ func Preset(name string) (*Config, error) {
 		c.FailoverRepeat = 1
 		c.StaleWindow = 2 * time.Second
 		c.BlackholeWindow = 3 * time.Second
+		c.Processes = []int{1, 4}
+		c.SlotsRows = 60000
+		c.SlotsCap = 5 * time.Second
 	case "full":
 		c.Reps = 5
 		c.Workers = []int{1, 2, 4, 8, 16}
@@ -116,6 +126,9 @@ func Preset(name string) (*Config, error) {
 		c.FailoverRepeat = 3
 		c.StaleWindow = 5 * time.Second
 		c.BlackholeWindow = 10 * time.Second
+		c.Processes = []int{1, 4, 16}
+		c.SlotsRows = 150000
+		c.SlotsCap = 15 * time.Second
 	default:
 		return nil, fmt.Errorf("unknown preset %q (quick or full)", name)
 	}
@@ -153,6 +166,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("ChaosDuration must be at least 30s")
 	case c.LatencyRate <= 0:
 		return fmt.Errorf("LatencyRate must be positive")
+	case c.has(ScenarioSlots) && (len(c.Slots) == 0 || len(c.Processes) == 0 || c.SlotsRows < 1 || c.SlotsCap <= 0):
+		return fmt.Errorf("slots: Slots and Processes must not be empty, SlotsRows and SlotsCap must be positive")
 	}
 	for _, s := range c.ClaimSizes {
 		if c.DrainRows[s] < s {
