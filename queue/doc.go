@@ -20,7 +20,9 @@
 // # Runner
 //
 // A Runner embeds workers in a binary: it claims batches of a queue, runs a
-// HandlerFunc on each with bounded concurrency, renews all held leases in
+// HandlerFunc on each with bounded concurrency (RunnerConfig.Concurrency
+// handler slots; each claim asks for as many batches as slots are free, at
+// most RunnerConfig.ClaimSize), renews all held leases in
 // one statement per heartbeat, and acknowledges outcomes together with the
 // next claim in one pipelined round trip. If a lease cannot be renewed, the
 // handler's context is cancelled FenceMargin before the lease would expire

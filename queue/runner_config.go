@@ -47,12 +47,21 @@ type RunnerConfig struct {
 	// Handler delivers each batch. Required.
 	Handler HandlerFunc
 
-	// Concurrency is the most handlers running at once, 1..MaxConcurrency.
-	// Defaults to ConcurrencyDefault.
+	// Concurrency is the runner's handler slots: the most handlers running
+	// at once, and the most batches it holds, 1..MaxConcurrency. The runner
+	// claims only for free slots, so a batch never waits in a runner for a
+	// handler while another runner could take it. Defaults to
+	// ConcurrencyDefault.
 	Concurrency int
 
-	// ClaimSize is the most batches taken per claim round trip,
-	// 1..MaxClaimSize. Defaults to Concurrency, capped at MaxClaimSize.
+	// ClaimSize is the most batches one claim round trip takes,
+	// 1..MaxClaimSize. A claim asks for as many batches as there are free
+	// handler slots, capped at ClaimSize. While handlers run, the runner
+	// claims again once at least half of min(ClaimSize, Concurrency) slots
+	// are free (at once when all are), so claims stay large under load;
+	// outcomes are acknowledged in the meantime. Defaults to Concurrency,
+	// capped at MaxClaimSize, so that one round trip can fill every free
+	// slot.
 	ClaimSize int
 
 	// LeaseDuration is how long a claim holds a batch without renewal,

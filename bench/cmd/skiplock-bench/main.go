@@ -28,6 +28,9 @@ func main() {
 	if harness.IsCrashWorker() {
 		os.Exit(harness.CrashWorkerMain())
 	}
+	if harness.IsSlotsChild() {
+		os.Exit(harness.SlotsChildMain())
+	}
 	os.Exit(run())
 }
 
@@ -36,7 +39,7 @@ func run() int {
 		preset    = flag.String("preset", "quick", "quick (a few minutes on 2 cores) or full")
 		duration  = flag.Duration("duration", 0, "soak duration; also scales the latency window; the chaos schedule's length (0: the preset's)")
 		seed      = flag.Int64("seed", 0, "chaos: seed of the randomized fault schedule (0: from the clock; printed, the same seed replays the schedule)")
-		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover, chaos, backlog, cost, retention (all: every one but chaos, backlog, cost and retention)")
+		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover, chaos, backlog, cost, retention, slots (all: every one but chaos, backlog, cost, retention and slots)")
 		dsn       = flag.String("dsn", "", "PostgreSQL connection string to measure on (default: start a throwaway server); the failover scenario always starts its own servers")
 		jsonPath  = flag.String("json", "", "write every figure as JSON to this file")
 		chartPath = flag.String("chart", "", "write the throughput chart (SVG) to this file")
@@ -47,6 +50,8 @@ func run() int {
 		backlog   = flag.Int("backlog", 0, "backlog scenario: batches enqueued before the drain (0: the preset's, quick 1,000,000, full 10,000,000)")
 		costN     = flag.Int("cost-batches", 0, "cost: batches (River: jobs) per measured lifecycle of each variant (0: the preset's)")
 		retRows   = flag.Int("retention-rows", 0, "retention: key rows at the target size (0: the preset's; 7 days of 500 batches/s is 302400000)")
+		slots     = flag.String("slots", "", "slots: handler slots per worker process, e.g. 1,16,64,256 (default: the preset's)")
+		processes = flag.String("processes", "", "slots: worker process counts, e.g. 1,4,16 (default: the preset's)")
 	)
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: skiplock-bench [flags]\n\n")
@@ -66,6 +71,12 @@ func run() int {
 	}
 	if err == nil && *kinds != "" {
 		cfg.ChaosKinds, err = faultlab.ParseKinds(*kinds)
+	}
+	if err == nil && *slots != "" {
+		cfg.Slots, err = harness.ParseInts(*slots)
+	}
+	if err == nil && *processes != "" {
+		cfg.Processes, err = harness.ParseInts(*processes)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "skiplock-bench:", err)

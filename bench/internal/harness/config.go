@@ -23,6 +23,7 @@ const (
 	ScenarioChaos      = "chaos"
 	ScenarioCost       = "cost"
 	ScenarioRetention  = "retention"
+	ScenarioSlots      = "slots"
 )
 
 // ScenarioBacklog runs only when named: it enqueues BacklogRows batches per
@@ -30,11 +31,11 @@ const (
 const ScenarioBacklog = "backlog"
 
 // AllScenarios lists every scenario but chaos, which runs only when named
-// (it lasts ChaosDuration).
+// (it lasts ChaosDuration), and slots (minutes of worker processes).
 var AllScenarios = []string{ScenarioEnqueue, ScenarioThroughput, ScenarioCeiling, ScenarioPeer, ScenarioLatency, ScenarioSoak, ScenarioFailover}
 
 // knownScenarios are the names ParseScenarios accepts.
-var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos, ScenarioBacklog, ScenarioCost, ScenarioRetention)
+var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos, ScenarioBacklog, ScenarioCost, ScenarioRetention, ScenarioSlots)
 
 // Config is one run of the harness. Presets fill it; flags override fields.
 type Config struct {
@@ -86,6 +87,11 @@ type Config struct {
 	RetentionBaseRows int           // retention: key rows at the size it is compared with
 	RetentionWindow   time.Duration // retention: keyed enqueue measuring window
 
+	Slots     []int         // slots: handler slots per worker process
+	Processes []int         // slots: worker processes
+	SlotsRows int           // slots: the most batches prefilled for one drain
+	SlotsCap  time.Duration // slots: ends a drain that has not emptied the queue
+
 	Progress io.Writer // progress lines; nil discards them
 }
 
@@ -106,6 +112,7 @@ func Preset(name string) (*Config, error) {
 		ChaosDuration:    5 * time.Minute,
 		ChaosSeed:        1,
 		BacklogMarks:     slices.Clone(BacklogMarksDefault),
+		Slots:            []int{1, 16, 64, 256},
 	}
 	switch name {
 	case "quick":
@@ -123,6 +130,9 @@ func Preset(name string) (*Config, error) {
 		c.BacklogRows = 1_000_000
 		c.CostBatches = 20000
 		c.RetentionRows, c.RetentionBaseRows, c.RetentionWindow = 10_000_000, 1_000_000, 5*time.Second
+		c.Processes = []int{1, 4}
+		c.SlotsRows = 60000
+		c.SlotsCap = 5 * time.Second
 	case "full":
 		c.Reps = 5
 		c.Workers = []int{1, 2, 4, 8, 16}
@@ -138,6 +148,9 @@ func Preset(name string) (*Config, error) {
 		c.BacklogRows = 10_000_000
 		c.CostBatches = 100000
 		c.RetentionRows, c.RetentionBaseRows, c.RetentionWindow = 7*24*3600*500, 1_000_000, 20*time.Second
+		c.Processes = []int{1, 4, 16}
+		c.SlotsRows = 150000
+		c.SlotsCap = 15 * time.Second
 	default:
 		return nil, fmt.Errorf("unknown preset %q (quick or full)", name)
 	}
@@ -181,6 +194,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("CostBatches must be at least %d", 4*costPerCall)
 	case c.has(ScenarioRetention) && (c.RetentionBaseRows < 7 || c.RetentionRows < c.RetentionBaseRows || c.RetentionWindow < time.Second):
 		return fmt.Errorf("RetentionBaseRows must be at least 7, RetentionRows at least RetentionBaseRows, RetentionWindow at least 1s")
+	case c.has(ScenarioSlots) && (len(c.Slots) == 0 || len(c.Processes) == 0 || c.SlotsRows < 1 || c.SlotsCap <= 0):
+		return fmt.Errorf("slots: Slots and Processes must not be empty, SlotsRows and SlotsCap must be positive")
 	}
 	for _, s := range c.ClaimSizes {
 		if c.DrainRows[s] < s {

@@ -12,6 +12,9 @@ func TestMain(m *testing.M) {
 	if IsCrashWorker() {
 		os.Exit(CrashWorkerMain())
 	}
+	if IsSlotsChild() {
+		os.Exit(SlotsChildMain())
+	}
 	code := m.Run()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {

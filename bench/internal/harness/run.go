@@ -51,7 +51,7 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 	enqueueSystems, throughputSystems, latencySystems := pick(ScenarioEnqueue), pick(ScenarioThroughput), pick(ScenarioLatency)
 	ceiling := cfg.has(ScenarioCeiling)
 	needEnv := len(enqueueSystems) > 0 || len(throughputSystems) > 0 || ceiling || len(latencySystems) > 0 || cfg.has(ScenarioSoak) ||
-		cfg.has(ScenarioBacklog) || cfg.has(ScenarioCost) || cfg.has(ScenarioRetention)
+		cfg.has(ScenarioBacklog) || cfg.has(ScenarioCost) || cfg.has(ScenarioRetention) || cfg.has(ScenarioSlots)
 	if needEnv {
 		e, err := startEnv(ctx, cfg.DSN, prog)
 		if err != nil {
@@ -90,6 +90,10 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 		if cfg.has(ScenarioRetention) && ctx.Err() == nil {
 			prog.step("scenario retention (%d key rows against %d)", cfg.RetentionRows, cfg.RetentionBaseRows)
 			fail(ScenarioRetention, runRetention(ctx, cfg, e, rep, prog))
+		}
+		if cfg.has(ScenarioSlots) && ctx.Err() == nil { // River always: the comparison is the point
+			prog.step("scenario slots (skiplock, River; slots %v × processes %v)", cfg.Slots, cfg.Processes)
+			fail(ScenarioSlots, runSlots(ctx, cfg, e, rep, prog))
 		}
 	}
 	if cfg.has(ScenarioFailover) && ctx.Err() == nil {
@@ -214,6 +218,7 @@ func derive(rep *Report) {
 			rep.add(ScenarioEnqueue, SystemSkiplock, "single_ratio_over_river", sk/rv, "x", "producers", prods)
 		}
 	}
+	deriveSlots(rep, check)
 	if p99, ok := rep.get(ScenarioLatency, SystemSkiplock, "p99_ms", "config", "notify"); ok {
 		check("idle enqueue → handler p99, skiplock with NOTIFY", "< 5", p99, "ms", p99 < 5)
 	}

@@ -21,6 +21,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', tabwriter.AlignRight)
 	r.enqueueTable(tw)
 	r.throughputTable(tw)
+	r.slotsTable(tw)
 	r.latencyTable(tw)
 	r.soakTable(tw)
 	r.backlogTable(tw)
