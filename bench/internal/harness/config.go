@@ -21,14 +21,15 @@ const (
 	ScenarioSoak       = "soak"
 	ScenarioFailover   = "failover"
 	ScenarioChaos      = "chaos"
+	ScenarioMVCC       = "mvcc"
 )
 
-// AllScenarios lists every scenario but chaos, which runs only when named
-// (it lasts ChaosDuration).
+// AllScenarios lists every scenario but chaos and mvcc, which run only when
+// named (they last ChaosDuration, and MVCCDuration six times).
 var AllScenarios = []string{ScenarioEnqueue, ScenarioThroughput, ScenarioCeiling, ScenarioPeer, ScenarioLatency, ScenarioSoak, ScenarioFailover}
 
 // knownScenarios are the names ParseScenarios accepts.
-var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos)
+var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos, ScenarioMVCC)
 
 // Config is one run of the harness. Presets fill it; flags override fields.
 type Config struct {
@@ -71,6 +72,10 @@ type Config struct {
 	ChaosSeed     int64           // chaos: the schedule's seed (printed; the same seed replays it)
 	ChaosKinds    []faultlab.Kind // chaos: the fault kinds drawn from (nil: every kind)
 
+	MVCCDuration time.Duration // mvcc: length of each run (each system under each variant)
+	MVCCWindow   time.Duration // mvcc: the reporting window
+	MVCCVariants []string      // mvcc: which of AllMVCCVariants run
+
 	Progress io.Writer // progress lines; nil discards them
 }
 
@@ -90,6 +95,7 @@ func Preset(name string) (*Config, error) {
 		WorkerCrash:      true,
 		ChaosDuration:    5 * time.Minute,
 		ChaosSeed:        1,
+		MVCCVariants:     slices.Clone(AllMVCCVariants),
 	}
 	switch name {
 	case "quick":
@@ -104,6 +110,7 @@ func Preset(name string) (*Config, error) {
 		c.FailoverRepeat = 1
 		c.StaleWindow = 2 * time.Second
 		c.BlackholeWindow = 3 * time.Second
+		c.MVCCDuration, c.MVCCWindow = 3*time.Minute, 30*time.Second
 	case "full":
 		c.Reps = 5
 		c.Workers = []int{1, 2, 4, 8, 16}
@@ -116,6 +123,7 @@ func Preset(name string) (*Config, error) {
 		c.FailoverRepeat = 3
 		c.StaleWindow = 5 * time.Second
 		c.BlackholeWindow = 10 * time.Second
+		c.MVCCDuration, c.MVCCWindow = 30*time.Minute, time.Minute
 	default:
 		return nil, fmt.Errorf("unknown preset %q (quick or full)", name)
 	}
@@ -153,6 +161,9 @@ func (c *Config) validate() error {
 		return fmt.Errorf("ChaosDuration must be at least 30s")
 	case c.LatencyRate <= 0:
 		return fmt.Errorf("LatencyRate must be positive")
+	}
+	if err := c.validateMVCC(); err != nil {
+		return err
 	}
 	for _, s := range c.ClaimSizes {
 		if c.DrainRows[s] < s {

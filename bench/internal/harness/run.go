@@ -50,7 +50,7 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 	}
 	enqueueSystems, throughputSystems, latencySystems := pick(ScenarioEnqueue), pick(ScenarioThroughput), pick(ScenarioLatency)
 	ceiling := cfg.has(ScenarioCeiling)
-	needEnv := len(enqueueSystems) > 0 || len(throughputSystems) > 0 || ceiling || len(latencySystems) > 0 || cfg.has(ScenarioSoak)
+	needEnv := len(enqueueSystems) > 0 || len(throughputSystems) > 0 || ceiling || len(latencySystems) > 0 || cfg.has(ScenarioSoak) || cfg.has(ScenarioMVCC)
 	if needEnv {
 		e, err := startEnv(ctx, cfg.DSN, prog)
 		if err != nil {
@@ -77,6 +77,10 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 		if cfg.has(ScenarioSoak) && ctx.Err() == nil {
 			prog.step("scenario soak (%s)", cfg.SoakDuration)
 			fail(ScenarioSoak, runSoak(ctx, cfg, e, rep, prog))
+		}
+		if cfg.has(ScenarioMVCC) && ctx.Err() == nil {
+			prog.step("scenario mvcc (%s per run, variants %s; skiplock and River)", cfg.MVCCDuration, strings.Join(cfg.MVCCVariants, ", "))
+			fail(ScenarioMVCC, runMVCC(ctx, cfg, e, rep, prog))
 		}
 	}
 	if cfg.has(ScenarioFailover) && ctx.Err() == nil {
@@ -220,6 +224,7 @@ func derive(rep *Report) {
 	if p99, ok := rep.get(ScenarioFailover, SystemSkiplock, "recovery_p99_ms"); ok {
 		check("failover: recovery p99 (writer reachable → first handler start)", "< 1000", p99, "ms", p99 < 1000)
 	}
+	rep.Targets = append(rep.Targets, mvccTargets(rep)...)
 }
 
 // paramValues lists the distinct values of param among matching figures,

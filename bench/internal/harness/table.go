@@ -23,6 +23,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	r.throughputTable(tw)
 	r.latencyTable(tw)
 	r.soakTable(tw)
+	r.mvccTable(tw)
 	r.failoverTable(tw)
 	r.chaosTable(tw)
 	if err := tw.Flush(); err != nil {
