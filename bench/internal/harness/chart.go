@@ -192,9 +192,18 @@ func (r *Report) ThroughputSVG() ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-// WriteChart writes ThroughputSVG to path.
+// WriteChart writes ThroughputSVG to path, and MVCCSVG to path (without
+// throughput figures) or next to it (".svg" becoming ".mvcc.svg").
 func (r *Report) WriteChart(path string) error {
 	svg, err := r.ThroughputSVG()
+	if m, merr := r.MVCCSVG(); merr == nil {
+		if err != nil {
+			return os.WriteFile(path, m, 0o644)
+		}
+		if werr := os.WriteFile(strings.TrimSuffix(path, ".svg")+".mvcc.svg", m, 0o644); werr != nil {
+			return werr
+		}
+	}
 	if err != nil {
 		return err
 	}

@@ -24,18 +24,21 @@ const (
 	ScenarioCost       = "cost"
 	ScenarioRetention  = "retention"
 	ScenarioSlots      = "slots"
+	ScenarioMVCC       = "mvcc"
 )
 
 // ScenarioBacklog runs only when named: it enqueues BacklogRows batches per
 // system before draining them.
 const ScenarioBacklog = "backlog"
 
-// AllScenarios lists every scenario but chaos, which runs only when named
-// (it lasts ChaosDuration), and slots (minutes of worker processes).
+// AllScenarios lists the scenarios "all" runs. The others run only when
+// named, as they take long or fill large tables: chaos (ChaosDuration),
+// backlog (BacklogRows), cost, retention (RetentionRows), slots (minutes of
+// worker processes) and mvcc (MVCCDuration six times).
 var AllScenarios = []string{ScenarioEnqueue, ScenarioThroughput, ScenarioCeiling, ScenarioPeer, ScenarioLatency, ScenarioSoak, ScenarioFailover}
 
 // knownScenarios are the names ParseScenarios accepts.
-var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos, ScenarioBacklog, ScenarioCost, ScenarioRetention, ScenarioSlots)
+var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos, ScenarioBacklog, ScenarioCost, ScenarioRetention, ScenarioSlots, ScenarioMVCC)
 
 // Config is one run of the harness. Presets fill it; flags override fields.
 type Config struct {
@@ -92,6 +95,10 @@ type Config struct {
 	SlotsRows int           // slots: the most batches prefilled for one drain
 	SlotsCap  time.Duration // slots: ends a drain that has not emptied the queue
 
+	MVCCDuration time.Duration // mvcc: length of each run (each system under each variant)
+	MVCCWindow   time.Duration // mvcc: the reporting window
+	MVCCVariants []string      // mvcc: which of AllMVCCVariants run
+
 	Progress io.Writer // progress lines; nil discards them
 }
 
@@ -113,6 +120,7 @@ func Preset(name string) (*Config, error) {
 		ChaosSeed:        1,
 		BacklogMarks:     slices.Clone(BacklogMarksDefault),
 		Slots:            []int{1, 16, 64, 256},
+		MVCCVariants:     slices.Clone(AllMVCCVariants),
 	}
 	switch name {
 	case "quick":
@@ -133,6 +141,7 @@ func Preset(name string) (*Config, error) {
 		c.Processes = []int{1, 4}
 		c.SlotsRows = 60000
 		c.SlotsCap = 5 * time.Second
+		c.MVCCDuration, c.MVCCWindow = 3*time.Minute, 30*time.Second
 	case "full":
 		c.Reps = 5
 		c.Workers = []int{1, 2, 4, 8, 16}
@@ -151,6 +160,7 @@ func Preset(name string) (*Config, error) {
 		c.Processes = []int{1, 4, 16}
 		c.SlotsRows = 150000
 		c.SlotsCap = 15 * time.Second
+		c.MVCCDuration, c.MVCCWindow = 30*time.Minute, time.Minute
 	default:
 		return nil, fmt.Errorf("unknown preset %q (quick or full)", name)
 	}
@@ -196,6 +206,9 @@ func (c *Config) validate() error {
 		return fmt.Errorf("RetentionBaseRows must be at least 7, RetentionRows at least RetentionBaseRows, RetentionWindow at least 1s")
 	case c.has(ScenarioSlots) && (len(c.Slots) == 0 || len(c.Processes) == 0 || c.SlotsRows < 1 || c.SlotsCap <= 0):
 		return fmt.Errorf("slots: Slots and Processes must not be empty, SlotsRows and SlotsCap must be positive")
+	}
+	if err := c.validateMVCC(); err != nil {
+		return err
 	}
 	for _, s := range c.ClaimSizes {
 		if c.DrainRows[s] < s {

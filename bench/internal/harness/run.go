@@ -51,7 +51,7 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 	enqueueSystems, throughputSystems, latencySystems := pick(ScenarioEnqueue), pick(ScenarioThroughput), pick(ScenarioLatency)
 	ceiling := cfg.has(ScenarioCeiling)
 	needEnv := len(enqueueSystems) > 0 || len(throughputSystems) > 0 || ceiling || len(latencySystems) > 0 || cfg.has(ScenarioSoak) ||
-		cfg.has(ScenarioBacklog) || cfg.has(ScenarioCost) || cfg.has(ScenarioRetention) || cfg.has(ScenarioSlots)
+		cfg.has(ScenarioBacklog) || cfg.has(ScenarioCost) || cfg.has(ScenarioRetention) || cfg.has(ScenarioSlots) || cfg.has(ScenarioMVCC)
 	if needEnv {
 		e, err := startEnv(ctx, cfg.DSN, prog)
 		if err != nil {
@@ -94,6 +94,10 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 		if cfg.has(ScenarioSlots) && ctx.Err() == nil { // River always: the comparison is the point
 			prog.step("scenario slots (skiplock, River; slots %v × processes %v)", cfg.Slots, cfg.Processes)
 			fail(ScenarioSlots, runSlots(ctx, cfg, e, rep, prog))
+		}
+		if cfg.has(ScenarioMVCC) && ctx.Err() == nil {
+			prog.step("scenario mvcc (%s per run, variants %s; skiplock and River)", cfg.MVCCDuration, strings.Join(cfg.MVCCVariants, ", "))
+			fail(ScenarioMVCC, runMVCC(ctx, cfg, e, rep, prog))
 		}
 	}
 	if cfg.has(ScenarioFailover) && ctx.Err() == nil {
@@ -241,6 +245,7 @@ func derive(rep *Report) {
 	backlogTargets(rep)
 	deriveCost(rep, check)
 	deriveRetention(rep, check)
+	rep.Targets = append(rep.Targets, mvccTargets(rep)...)
 }
 
 // paramValues lists the distinct values of param among matching figures,

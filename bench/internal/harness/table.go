@@ -27,6 +27,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	r.backlogTable(tw)
 	r.costTable(tw)
 	r.retentionTable(tw)
+	r.mvccTable(tw)
 	r.failoverTable(tw)
 	r.chaosTable(tw)
 	if err := tw.Flush(); err != nil {
