@@ -25,12 +25,12 @@ const (
 	ScenarioRetention  = "retention"
 )
 
-// AllScenarios lists every scenario but chaos, which runs only when named
-// (it lasts ChaosDuration).
-var AllScenarios = []string{ScenarioEnqueue, ScenarioThroughput, ScenarioCeiling, ScenarioPeer, ScenarioLatency, ScenarioSoak, ScenarioFailover}
+// AllScenarios lists every scenario but chaos (it lasts ChaosDuration) and
+// retention (it generates RetentionRows key rows), which run only when named.
+var AllScenarios = []string{ScenarioEnqueue, ScenarioThroughput, ScenarioCeiling, ScenarioPeer, ScenarioLatency, ScenarioSoak, ScenarioFailover, ScenarioCost}
 
 // knownScenarios are the names ParseScenarios accepts.
-var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos, ScenarioCost, ScenarioRetention)
+var knownScenarios = append(slices.Clone(AllScenarios), ScenarioChaos, ScenarioRetention)
 
 // Config is one run of the harness. Presets fill it; flags override fields.
 type Config struct {
