@@ -39,7 +39,7 @@ func run() int {
 		preset    = flag.String("preset", "quick", "quick (a few minutes on 2 cores) or full")
 		duration  = flag.Duration("duration", 0, "soak duration; also scales the latency window; the chaos schedule's length; each mvcc run's length (0: the preset's)")
 		seed      = flag.Int64("seed", 0, "chaos: seed of the randomized fault schedule (0: from the clock; printed, the same seed replays the schedule)")
-		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover, chaos, backlog, cost, retention, slots, mvcc (all: every one but chaos, backlog, cost, retention, slots and mvcc)")
+		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover, chaos, backlog, cost, retention, slots, mvcc (all: every one but chaos, backlog, retention, slots and mvcc)")
 		mvccVars  = flag.String("mvcc-variants", "all", "mvcc: comma-separated snapshot variants: none, primary, replica (all: the three; the ratios need none)")
 		dsn       = flag.String("dsn", "", "PostgreSQL connection string to measure on (default: start a throwaway server); the failover scenario always starts its own servers")
 		jsonPath  = flag.String("json", "", "write every figure as JSON to this file")

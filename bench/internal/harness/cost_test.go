@@ -74,6 +74,7 @@ func TestCostConfig(t *testing.T) {
 	all, err := ParseScenarios("all")
 	require.NoError(t, err)
 	require.NotContains(t, all, ScenarioRetention, "retention runs only when named")
+	require.Contains(t, all, ScenarioCost)
 }
 
 // TestSmokeCostRetention runs the cost and retention scenarios tiny on a
