@@ -274,12 +274,7 @@ func (r *ChaosResult) summarize(lease time.Duration, acks []time.Time) {
 		}
 	}
 	for _, at := range r.Final.DuplicateAt {
-		var by *Outcome
-		for _, o := range r.Outcomes {
-			if !at.Before(o.Began) && at.Before(o.Restored.Add(tail)) && (by == nil || o.Began.After(by.Began)) {
-				by = o
-			}
-		}
+		by := r.faultAt(at, tail)
 		var k Kind
 		if by != nil {
 			k = by.Fault.Kind
@@ -296,13 +291,28 @@ func (r *ChaosResult) summarize(lease time.Duration, acks []time.Time) {
 	r.RecoveryMax = Percentile(r.Recoveries, 100)
 }
 
-// faultAt returns the latest fault under way at (or ended less than tail before it), or nil.
+// faultAt returns the fault a duplicate seen at `at` is attributed to: among the faults
+// under way then (or ended less than tail before), the latest one that loses commits if
+// there is one, else the latest one; nil if none. Faults overlap, and a latency fault or a
+// password rotation that begins while a commit loss is being recovered from does not run
+// batches twice; the commit loss does (a 10-minute run with every duplicate printed,
+// SKIPLOCK_DEBUG_DUP, had all its duplicates within a commit-losing fault's window or held
+// by a SIGKILLed worker).
 func (r *ChaosResult) faultAt(at time.Time, tail time.Duration) *Outcome {
-	var by *Outcome
+	var by, losing *Outcome
 	for _, o := range r.Outcomes {
-		if !at.Before(o.Began) && at.Before(o.Restored.Add(tail)) && (by == nil || o.Began.After(by.Began)) {
+		if at.Before(o.Began) || !at.Before(o.Restored.Add(tail)) {
+			continue
+		}
+		if by == nil || o.Began.After(by.Began) {
 			by = o
 		}
+		if o.Fault.Kind.LosesCommits() && (losing == nil || o.Began.After(losing.Began)) {
+			losing = o
+		}
+	}
+	if losing != nil {
+		return losing
 	}
 	return by
 }

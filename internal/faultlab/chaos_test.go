@@ -40,3 +40,30 @@ func TestSummarizeRecoveries(t *testing.T) {
 	require.ElementsMatch(t, []time.Duration{120 * time.Millisecond, 200 * time.Millisecond, 90 * time.Millisecond, 30 * time.Second}, res.Recoveries)
 	require.Equal(t, 30*time.Second, res.RecoveryMax)
 }
+
+// TestDuplicatesGoToTheCommitLosingFault: a duplicate seen while a commit loss is being
+// recovered from is the commit loss's, even when a latency fault began after it; with no
+// commit-losing fault under way, the latest fault takes it.
+func TestDuplicatesGoToTheCommitLosingFault(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 16, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	outcome := func(k Kind, began, restored float64) *Outcome {
+		return &Outcome{Fault: Fault{Kind: k}, Began: at(began), Ended: at(restored), Restored: at(restored)}
+	}
+	res := &ChaosResult{Duplicates: map[Kind]int{}, Final: &Report{
+		DuplicateAt:      []time.Time{at(12), at(40), at(100)},
+		DeliveredTwiceAt: []time.Time{at(12), at(40)},
+	}}
+	res.Outcomes = []*Outcome{
+		outcome(CommitLossFlipBack, 0, 10),
+		outcome(Latency, 8, 14), // began later, but causes no duplicate
+		outcome(Blackhole, 35, 45),
+		outcome(Latency, 38, 42),
+	}
+	res.summarize(time.Second, nil)
+	require.Equal(t, map[Kind]int{CommitLossFlipBack: 1, Latency: 1, "": 1}, res.Duplicates)
+	require.Equal(t, 1, res.DupLosing)
+	require.Equal(t, 2, res.DupNotLosing)
+	require.Equal(t, 1, res.TwiceLosing)
+	require.Equal(t, 1, res.TwiceNotLosing)
+}
