@@ -2,16 +2,13 @@ package faultlab
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/skiplock/skiplock/failover"
@@ -263,14 +260,11 @@ func retryKilled(ctx context.Context, f func() error) error {
 	return err
 }
 
-// connKilled reports whether err says the connection was terminated (57P01 and the rest of
-// class 57, or a connection-level failure before the statement was sent).
+// connKilled reports whether err says the connection was terminated or lost (the
+// failover classifier's shutdown and connection classes).
 func connKilled(err error) bool {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return strings.HasPrefix(pgErr.Code, "57")
-	}
-	return pgconn.SafeToRetry(err)
+	c := failover.Classify(err)
+	return c == failover.ClassShutdown || c == failover.ClassConnection
 }
 
 // poll checks cond every 10ms until it holds, fails, or d (or ctx) ends.
