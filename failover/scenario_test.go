@@ -43,7 +43,14 @@ func recordRecoveries(t *testing.T, name string, o *faultlab.Outcome) {
 	for _, r := range o.Recoveries {
 		require.NoError(t, r.Err, "%s (%s)", name, r.Phase)
 		t.Logf("%s (%s): first handler start %s after a writer became reachable", name, r.Phase, r.Took.Round(time.Millisecond))
-		require.Less(t, r.Took, 3*time.Second, "recovery took too long")
+		limit := 3 * time.Second
+		if r.Slowed {
+			// The fault itself puts 150 ms each way on every round trip (connection
+			// set-up, probe, re-assertion, claim): about 2.5 s alone, 3.1 s once
+			// under the full suite's load. 5 s is about 16 such round trips.
+			limit = 5 * time.Second
+		}
+		require.Less(t, r.Took, limit, "recovery took too long")
 		recoveries.mu.Lock()
 		recoveries.d = append(recoveries.d, r.Took)
 		recoveries.mu.Unlock()
