@@ -408,6 +408,35 @@ func (c *Client) unregister(r *Runner) {
 	delete(c.runners, r)
 }
 
+// heldRefs returns the leases that the client's started runners of queue
+// (all queues when empty) hold: claimed, and not yet acknowledged. The
+// client's own reclaims leave them alone. An expired lease that a live
+// runner of this client holds is expired only because that runner could
+// not reach a writer (a blackhole, a failover, a stretch with no writer);
+// its owner acknowledges, re-confirms or releases it in its next round trip
+// once a writer is back, and reclaiming it first would run a batch whose
+// handler may already have finished a second time.
+func (c *Client) heldRefs(queue string) (ids, tokens []int64) {
+	c.runnersMu.Lock()
+	rs := make([]*Runner, 0, len(c.runners))
+	for r := range c.runners {
+		if queue == "" || r.cfg.Queue == queue {
+			rs = append(rs, r)
+		}
+	}
+	c.runnersMu.Unlock()
+	ids, tokens = []int64{}, []int64{}
+	for _, r := range rs {
+		r.mu.Lock()
+		for ref := range r.inflight {
+			ids = append(ids, ref.ID)
+			tokens = append(tokens, ref.Token)
+		}
+		r.mu.Unlock()
+	}
+	return ids, tokens
+}
+
 // stopRunners stops the client's running runners, concurrently, and
 // returns how many there were.
 func (c *Client) stopRunners() int {

@@ -460,7 +460,12 @@ func (c *Client) updateLeasesOnce(ctx context.Context, q querier, op, query stri
 // ReclaimExpired makes batches whose lease expired claimable again, or
 // dead-letters them when that lease was their last attempt. An empty queue
 // means every queue. It handles at most 1000 batches per call and reports
-// how many it made available and how many it dead-lettered.
+// how many it made available and how many it dead-lettered. Leases that a
+// started Runner of this Client still holds (its handler runs, or its
+// outcome waits to be acknowledged) are left alone even when they expired:
+// that runner acknowledges, re-confirms or releases them itself once it
+// reaches a writer. Reclaims through another Client (another process) take
+// them like any other expired lease.
 func (c *Client) ReclaimExpired(ctx context.Context, queue string) (available, dead int, err error) {
 	return c.reclaimExpired(ctx, queue, reclaimAll, nil)
 }
@@ -494,7 +499,8 @@ func (c *Client) reclaimExpired(ctx context.Context, queue string, lookback time
 		ctx, cancel := c.opContext(ctx)
 		defer cancel()
 		available, dead = 0, 0
-		rows, err := c.db.Query(ctx, c.sql.reclaim, q, reclaimLimit, lookback.Microseconds())
+		ids, tokens := c.heldRefs(queue)
+		rows, err := c.db.Query(ctx, c.sql.reclaim, q, reclaimLimit, lookback.Microseconds(), ids, tokens)
 		if err != nil {
 			return fmt.Errorf("reclaim expired leases: %w", err)
 		}

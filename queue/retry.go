@@ -76,7 +76,9 @@ func failedForSure(err error) bool {
 func (c *Client) retry(ctx context.Context, op string, idempotent bool, fn func(ctx context.Context) error) error {
 	start := time.Now()
 	var bo *backoff.ExponentialBackOff // made on the first failure: most calls never need it
+	changed := c.writerChanged()
 	for attempt := 1; ; attempt++ {
+		began := time.Now()
 		err := fn(ctx)
 		if err == nil {
 			return nil
@@ -90,17 +92,28 @@ func (c *Client) retry(ctx context.Context, op string, idempotent bool, fn func(
 		if bo == nil {
 			bo = newBackOff(25*time.Millisecond, time.Second)
 		}
-		d := bo.NextBackOff()
+		// The claim loop's delays: at most connRetryMax after errors that
+		// say the database may be failing over, so that an operation
+		// retrying through an outage lands soon after a writer is back.
+		d := retryDelay(bo, err, time.Since(began))
 		if time.Since(start)+d > c.cfg.RetryWindow {
 			return err
 		}
 		c.log.Warn("retrying after a transient error", zap.String("op", op), zap.Int("attempt", attempt), zap.Error(err))
+		if d == 0 {
+			continue
+		}
 		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return err
 		case <-t.C:
+		case <-changed:
+			// A new writer: retry at once.
+			t.Stop()
+			changed = c.writerChanged()
+			bo.Reset()
 		}
 	}
 }

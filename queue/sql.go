@@ -306,11 +306,15 @@ RETURNING b.id`
 	// Reclaim expired leases of queue $1 (all queues when NULL), at most $2,
 	// that expired less than $3 µs ago: available again, or dead when that was
 	// the last attempt. The lower bound lets a runner skip the index entries
-	// of leases that ended long ago (see reclaimFloor).
+	// of leases that ended long ago (see reclaimFloor). Leases ($4 ids, $5
+	// tokens) that a runner of the reclaiming client still holds are left
+	// alone (see Client.heldRefs).
 	sqlReclaim = `WITH expired AS (
     SELECT id FROM {s}.batch
     WHERE state = 'running' AND lease_expires_at < now() AND ($1::text IS NULL OR queue = $1)
         AND lease_expires_at >= now() - $3::float8 * interval '1 microsecond'
+        AND NOT EXISTS (SELECT 1 FROM unnest($4::int8[], $5::int8[]) AS h(id, token)
+            WHERE h.id = batch.id AND h.token = batch.lease_token)
     ORDER BY lease_expires_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
