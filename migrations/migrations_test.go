@@ -99,6 +99,11 @@ func TestUpDownStatus(t *testing.T) {
 		require.False(t, s.AppliedAt.IsZero())
 	}
 
+	res, err = m.Down(ctx, 2)
+	require.NoError(t, err)
+	require.Equal(t, []int{3}, res.Reverted)
+	require.Equal(t, 2, res.Version)
+
 	res, err = m.Down(ctx, 1)
 	require.NoError(t, err)
 	require.Equal(t, []int{2}, res.Reverted)
@@ -117,6 +122,56 @@ func TestUpDownStatus(t *testing.T) {
 
 	_, err = m.Down(ctx, migrations.Latest()+1)
 	require.Error(t, err)
+}
+
+// TestFullPagesIsOnline applies 0003 to a schema at version 2 that holds
+// batches, while another transaction has written to the batch table and
+// not committed (an enqueue in flight): the migration must neither wait for
+// it nor rewrite the table, and the fillfactor must change.
+func TestFullPagesIsOnline(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	pool := newPool(t, 4)
+	schema := pgtest.NewSchema(t, pgtest.SharedURL(t))
+	m, err := migrations.New(pool, &migrations.Config{Schema: schema})
+	require.NoError(t, err)
+	_, err = m.Up(ctx)
+	require.NoError(t, err)
+	_, err = m.Down(ctx, 2)
+	require.NoError(t, err)
+	batch := pgx.Identifier{schema, "batch"}.Sanitize()
+	options := func() []string {
+		var o []string
+		require.NoError(t, pool.QueryRow(ctx, `SELECT coalesce(reloptions, '{}') FROM pg_class WHERE oid = $1::regclass`, batch).Scan(&o))
+		return o
+	}
+	require.Contains(t, options(), "fillfactor=85")
+	_, err = pool.Exec(ctx, `INSERT INTO `+batch+` (queue, max_attempts) SELECT 'q', 3 FROM generate_series(1, 1000)`)
+	require.NoError(t, err)
+	var node uint32
+	require.NoError(t, pool.QueryRow(ctx, `SELECT pg_relation_filenode($1::regclass)`, batch).Scan(&node))
+
+	inflight, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = inflight.Rollback(context.Background()) }()
+	_, err = inflight.Exec(ctx, `INSERT INTO `+batch+` (queue, max_attempts) VALUES ('q', 3)`)
+	require.NoError(t, err)
+
+	// A migration that had to wait for the open transaction would run into
+	// this deadline instead of finishing.
+	upCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	res, err := m.Up(upCtx)
+	require.NoError(t, err, "0003 must not wait for an open write to the batch table")
+	require.Equal(t, []int{3}, res.Applied)
+	require.NoError(t, inflight.Commit(ctx))
+
+	require.Contains(t, options(), "fillfactor=100")
+	var after uint32
+	var n int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT pg_relation_filenode($1::regclass), (SELECT count(*) FROM `+batch+`)`, batch).Scan(&after, &n))
+	require.Equal(t, node, after, "the table must not be rewritten")
+	require.Equal(t, 1001, n)
 }
 
 func tables(t *testing.T, pool *pgxpool.Pool, schema string) []string {

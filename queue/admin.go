@@ -308,23 +308,26 @@ func ageDuration(seconds float64) time.Duration {
 
 // Prune deletes completion records older than Config.DoneRetention and
 // idempotency keys older than Config.KeyRetention, in statements of at most
-// 10,000 rows, and returns how many of each it deleted. Runners call it
-// periodically; calling it from several processes at once is safe. Each
-// statement is retried across failovers (deleting what is old is
-// idempotent).
+// PruneChunk rows, and returns how many of each it deleted. After each full
+// chunk it waits so that deleting takes at most Config.PruneDuty of its
+// time (see prunePause); it blocks until nothing expired is left, ctx ends
+// (its error is returned with the counts so far) or a statement fails.
+// Runners call it periodically; calling it from several processes at once
+// is safe. Each statement is retried across failovers (deleting what is old
+// is idempotent).
 func (c *Client) Prune(ctx context.Context) (done, keys int64, err error) {
 	if err := c.check("prune"); err != nil {
 		return 0, 0, err
 	}
-	const chunk = 10000
 	run := func(query string, age time.Duration) (int64, error) {
 		var total int64
 		for {
 			var n int64
+			began := time.Now()
 			err := c.retry(ctx, "prune", true, func(ctx context.Context) error {
 				opCtx, cancel := c.opContext(ctx)
 				defer cancel()
-				tag, err := c.db.Exec(opCtx, query, age.Microseconds(), chunk)
+				tag, err := c.db.Exec(opCtx, query, age.Microseconds(), PruneChunk)
 				n = tag.RowsAffected()
 				return err
 			})
@@ -332,8 +335,15 @@ func (c *Client) Prune(ctx context.Context) (done, keys int64, err error) {
 				return total, err
 			}
 			total += n
-			if n < chunk {
+			if n < PruneChunk {
 				return total, nil
+			}
+			t := time.NewTimer(prunePause(time.Since(began), c.cfg.PruneDuty))
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return total, ctx.Err()
+			case <-t.C:
 			}
 		}
 	}
@@ -344,6 +354,26 @@ func (c *Client) Prune(ctx context.Context) (done, keys int64, err error) {
 		return done, keys, fmt.Errorf("prune idempotency keys: %w", err)
 	}
 	return done, keys, nil
+}
+
+// PruneChunk is the most rows one statement of Prune deletes.
+const PruneChunk = 10000
+
+// prunePauseMax caps the wait after one chunk, so that a chunk slowed by a
+// busy server does not stall pruning for long.
+const prunePauseMax = 5 * time.Second
+
+// prunePause is the wait after a chunk that took took, for deleting to take
+// the share duty of the time: took*(1/duty-1), at most prunePauseMax.
+func prunePause(took time.Duration, duty float64) time.Duration {
+	if duty >= 1 || took <= 0 {
+		return 0
+	}
+	p := float64(took) * (1/duty - 1)
+	if p >= float64(prunePauseMax) {
+		return prunePauseMax
+	}
+	return time.Duration(p)
 }
 
 // ErrVacuumNotPermitted is returned by Vacuum when the current role does

@@ -3,6 +3,7 @@ package queue_test
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
@@ -116,6 +117,77 @@ func TestPrune(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, res.Duplicate)
 	require.ErrorIs(t, e.client.Complete(ctx, ref), queue.ErrLeaseLost)
+}
+
+// TestPruneInChunks prunes more expired keys than one statement deletes:
+// Prune goes on, chunk after paced chunk, until none is left, and leaves
+// the keys within retention alone.
+func TestPruneInChunks(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, &queue.Config{KeyRetention: time.Hour})
+	ctx := testContext(t)
+	old := 2*queue.PruneChunk + 17
+	e.exec(`INSERT INTO ` + e.q("batch_key") + ` (queue, idempotency_key, created_at)
+        SELECT 'pc', 'old-' || g, now() - interval '2 hours' FROM generate_series(1, ` + strconv.Itoa(old) + `) g`)
+	e.exec(`INSERT INTO ` + e.q("batch_key") + ` (queue, idempotency_key)
+        SELECT 'pc', 'new-' || g FROM generate_series(1, 100) g`)
+	done, keys, err := e.client.Prune(ctx)
+	require.NoError(t, err)
+	require.Zero(t, done)
+	require.EqualValues(t, old, keys)
+	var left, young int
+	require.NoError(t, e.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE idempotency_key LIKE 'new-%') FROM `+e.q("batch_key")).Scan(&left, &young))
+	require.Equal(t, 100, left)
+	require.Equal(t, 100, young)
+
+	// A context that ends while Prune waits between chunks ends Prune, with
+	// what it deleted so far.
+	e.exec(`UPDATE ` + e.q("batch_key") + ` SET created_at = now() - interval '2 hours'`)
+	e.exec(`INSERT INTO ` + e.q("batch_key") + ` (queue, idempotency_key, created_at)
+        SELECT 'pc', 'more-' || g, now() - interval '2 hours' FROM generate_series(1, ` + strconv.Itoa(queue.PruneChunk) + `) g`)
+	slow, err := queue.New(e.pool, &queue.Config{Schema: e.schema, KeyRetention: time.Hour, PruneDuty: 1e-9})
+	require.NoError(t, err)
+	defer slow.Close()
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		keys int64
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		_, k, err := slow.Prune(cctx)
+		res <- result{k, err}
+	}()
+	// The first chunk is a full one, so Prune then waits (at most
+	// prunePauseMax); cancel it there.
+	require.Eventually(t, func() bool {
+		var n int
+		_ = e.pool.QueryRow(ctx, `SELECT count(*) FROM `+e.q("batch_key")).Scan(&n)
+		return n == 100
+	}, 20*time.Second, 10*time.Millisecond)
+	cancel()
+	r := <-res
+	require.ErrorIs(t, r.err, context.Canceled)
+	require.EqualValues(t, queue.PruneChunk, r.keys)
+}
+
+func TestPrunePause(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		took time.Duration
+		duty float64
+		want time.Duration
+	}{
+		{100 * time.Millisecond, 1, 0},
+		{100 * time.Millisecond, 0.25, 300 * time.Millisecond},
+		{100 * time.Millisecond, 0.5, 100 * time.Millisecond},
+		{0, 0.25, 0},
+		{time.Minute, 0.25, 5 * time.Second},
+		{time.Millisecond, 1e-12, 5 * time.Second},
+	} {
+		require.Equal(t, tt.want, queue.PrunePause(tt.took, tt.duty), "%s at duty %v", tt.took, tt.duty)
+	}
 }
 
 func TestVacuum(t *testing.T) {

@@ -22,6 +22,7 @@ const (
 	RetryWindowDefault    = 30 * time.Second
 	JournalWindowDefault  = 30 * time.Second
 	NotifyIntervalDefault = 20 * time.Millisecond
+	PruneDutyDefault      = 0.25
 	MaxAttemptsLimit      = 1000
 	MaxEnqueueBatchRows   = 5000 // rows per statement of the bulk path; larger calls are split inside one transaction
 )
@@ -74,6 +75,15 @@ type Config struct {
 	// enqueue. Within it, enqueueing the same key again adds nothing, even
 	// after the first batch completed. Defaults to KeyRetentionDefault.
 	KeyRetention time.Duration
+
+	// PruneDuty is the share of its running time that Prune spends deleting:
+	// after each chunk of expired rows it waits (1/PruneDuty - 1) times as
+	// long as the chunk took, so that clearing a large heap of expired keys
+	// (a day's worth, after pruning was off) slows enqueues and claims by
+	// a bounded amount instead of taking the server for seconds. 1 deletes
+	// chunk after chunk without waiting. Must be in (0, 1]. Defaults to
+	// PruneDutyDefault.
+	PruneDuty float64
 
 	// RetryWindow bounds how long an operation keeps retrying after errors
 	// that say the database may be failing over (read-only writer,
@@ -163,6 +173,9 @@ func (c *Config) WithDefaults() *Config {
 	if out.NotifyInterval == 0 {
 		out.NotifyInterval = NotifyIntervalDefault
 	}
+	if out.PruneDuty == 0 {
+		out.PruneDuty = PruneDutyDefault
+	}
 	return &out
 }
 
@@ -185,6 +198,8 @@ func (c *Config) validate() error {
 		return argError("config", "NotifyInterval", "%s is above 1s", c.NotifyInterval)
 	case c.KeyRetention < time.Minute:
 		return argError("config", "KeyRetention", "%s is below 1m", c.KeyRetention)
+	case !(c.PruneDuty > 0 && c.PruneDuty <= 1): // also rejects NaN
+		return argError("config", "PruneDuty", "%v is outside (0, 1]", c.PruneDuty)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -274,6 +275,9 @@ func TestConfigValidation(t *testing.T) {
 		{queue.Config{OpTimeout: time.Millisecond}, "OpTimeout"},
 		{queue.Config{DoneRetention: time.Second}, "DoneRetention"},
 		{queue.Config{KeyRetention: time.Second}, "KeyRetention"},
+		{queue.Config{PruneDuty: -0.5}, "PruneDuty"},
+		{queue.Config{PruneDuty: 1.5}, "PruneDuty"},
+		{queue.Config{PruneDuty: math.NaN()}, "PruneDuty"},
 	}
 	for _, tt := range tests {
 		_, err := queue.New(pool, &tt.cfg)

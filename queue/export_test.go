@@ -9,3 +9,6 @@ var BinaryBatchRows = binaryBatchRows
 
 // ClaimStatements returns c's full claim and its claim from a floor.
 func ClaimStatements(c *Client) (full, floored string) { return c.sql.claim, c.sql.claimFrom }
+
+// PrunePause is prunePause, for its table test.
+var PrunePause = prunePause
