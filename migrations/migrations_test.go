@@ -2,6 +2,7 @@ package migrations_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -85,7 +86,7 @@ func TestUpDownStatus(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, allVersions(), res.Applied)
 	require.Equal(t, migrations.Latest(), res.Version)
-	require.ElementsMatch(t, []string{"batch", "queue_setting", "batch_done", "batch_key", "skiplock_migration"}, tables(t, pool, schema))
+	require.ElementsMatch(t, []string{"batch", "queue_setting", "batch_done", "batch_key", "batch_key_digest", "skiplock_migration"}, tables(t, pool, schema))
 
 	res, err = m.Up(ctx)
 	require.NoError(t, err)
@@ -101,8 +102,9 @@ func TestUpDownStatus(t *testing.T) {
 
 	res, err = m.Down(ctx, 2)
 	require.NoError(t, err)
-	require.Equal(t, []int{3}, res.Reverted)
+	require.Equal(t, []int{4, 3}, res.Reverted)
 	require.Equal(t, 2, res.Version)
+	require.ElementsMatch(t, []string{"batch", "queue_setting", "batch_done", "batch_key", "skiplock_migration"}, tables(t, pool, schema))
 
 	res, err = m.Down(ctx, 1)
 	require.NoError(t, err)
@@ -162,8 +164,8 @@ func TestFullPagesIsOnline(t *testing.T) {
 	upCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	res, err := m.Up(upCtx)
-	require.NoError(t, err, "0003 must not wait for an open write to the batch table")
-	require.Equal(t, []int{3}, res.Applied)
+	require.NoError(t, err, "0003 and 0004 must not wait for an open write to the batch table")
+	require.Equal(t, []int{3, 4}, res.Applied)
 	require.NoError(t, inflight.Commit(ctx))
 
 	require.Contains(t, options(), "fillfactor=100")
@@ -188,6 +190,62 @@ func tables(t *testing.T, pool *pgxpool.Pool, schema string) []string {
 // TestConcurrentUp starts eight migrators at once on an empty schema, each on
 // its own connection. Without the advisory lock two of them would both find a
 // version missing and the second CREATE TABLE would fail.
+// TestKeyDigest pins what 0004's key_digest computes, against SHA-256 in
+// Go: every stored digest depends on it, so it may never change. Queue and
+// key are split by a zero byte, so moving bytes between them changes it.
+func TestKeyDigest(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	pool := newPool(t, 2)
+	schema := pgtest.NewSchema(t, pgtest.SharedURL(t))
+	m, err := migrations.New(pool, &migrations.Config{Schema: schema})
+	require.NoError(t, err)
+	_, err = m.Up(ctx)
+	require.NoError(t, err)
+	fn := pgx.Identifier{schema, "key_digest"}.Sanitize()
+	for _, c := range []struct{ queue, key string }{
+		{"orders", "src1:orders:3:100-200"},
+		{"q", "k"}, {"qk", ""}, {"", "qk"},
+		{"émoji ✓", "key with 'quotes' and \\ backslash"},
+	} {
+		var got [16]byte
+		require.NoError(t, pool.QueryRow(ctx, `SELECT `+fn+`($1, $2)`, c.queue, c.key).Scan(&got))
+		sum := sha256.Sum256([]byte(c.queue + "\x00" + c.key))
+		require.Equal(t, sum[:16], got[:], "%q/%q", c.queue, c.key)
+	}
+}
+
+// TestKeyDigestDown reverts 0004 with a queued keyed batch and a key whose
+// batch is completed: the queued batch's key goes back to batch_key under
+// its batch id (re-enqueueing it stays a duplicate), the other is dropped.
+func TestKeyDigestDown(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	pool := newPool(t, 2)
+	schema := pgtest.NewSchema(t, pgtest.SharedURL(t))
+	m, err := migrations.New(pool, &migrations.Config{Schema: schema})
+	require.NoError(t, err)
+	_, err = m.Up(ctx)
+	require.NoError(t, err)
+	q := func(name string) string { return pgx.Identifier{schema, name}.Sanitize() }
+	var queued int64
+	require.NoError(t, pool.QueryRow(ctx, `WITH k AS (
+    INSERT INTO `+q("batch_key_digest")+` (digest) VALUES (`+q("key_digest")+`('q', 'queued')) RETURNING batch_id)
+INSERT INTO `+q("batch")+` (id, queue, idempotency_key, max_attempts) SELECT batch_id, 'q', 'queued', 3 FROM k RETURNING id`).Scan(&queued))
+	_, err = pool.Exec(ctx, `INSERT INTO `+q("batch_key_digest")+` (digest) VALUES (`+q("key_digest")+`('q', 'completed'))`)
+	require.NoError(t, err)
+
+	res, err := m.Down(ctx, 3)
+	require.NoError(t, err)
+	require.Equal(t, []int{4}, res.Reverted)
+	rows, err := pool.Query(ctx, `SELECT queue || '/' || idempotency_key || '/' || batch_id FROM `+q("batch_key"))
+	require.NoError(t, err)
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Equal(t, []string{fmt.Sprintf("q/queued/%d", queued)}, got)
+	require.NotContains(t, tables(t, pool, schema), "batch_key_digest")
+}
+
 func TestConcurrentUp(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)

@@ -353,6 +353,12 @@ func (c *Client) Prune(ctx context.Context) (done, keys int64, err error) {
 	if keys, err = run(c.sql.pruneKeys, c.cfg.KeyRetention); err != nil {
 		return done, keys, fmt.Errorf("prune idempotency keys: %w", err)
 	}
+	// Keys recorded before migration 0004, until none is left.
+	old, err := run(c.sql.pruneOldKeys, c.cfg.KeyRetention)
+	keys += old
+	if err != nil {
+		return done, keys, fmt.Errorf("prune idempotency keys recorded before migration 0004: %w", err)
+	}
 	return done, keys, nil
 }
 

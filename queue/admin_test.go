@@ -106,7 +106,7 @@ func TestPrune(t *testing.T) {
 	require.Zero(t, keys)
 
 	e.exec("UPDATE " + e.q("batch_done") + " SET done_at = now() - interval '2 minutes'")
-	e.exec("UPDATE " + e.q("batch_key") + " SET created_at = now() - interval '2 minutes'")
+	e.exec("UPDATE " + e.q("batch_key_digest") + " SET created_at = now() - interval '2 minutes'")
 	done, keys, err = e.client.Prune(ctx)
 	require.NoError(t, err)
 	require.EqualValues(t, 1, done)
@@ -127,24 +127,26 @@ func TestPruneInChunks(t *testing.T) {
 	e := newEnv(t, &queue.Config{KeyRetention: time.Hour})
 	ctx := testContext(t)
 	old := 2*queue.PruneChunk + 17
-	e.exec(`INSERT INTO ` + e.q("batch_key") + ` (queue, idempotency_key, created_at)
-        SELECT 'pc', 'old-' || g, now() - interval '2 hours' FROM generate_series(1, ` + strconv.Itoa(old) + `) g`)
-	e.exec(`INSERT INTO ` + e.q("batch_key") + ` (queue, idempotency_key)
-        SELECT 'pc', 'new-' || g FROM generate_series(1, 100) g`)
-	done, keys, err := e.client.Prune(ctx)
+	keys := e.q("batch_key_digest")
+	digest := e.q("key_digest")
+	e.exec(`INSERT INTO ` + keys + ` (digest, created_at)
+        SELECT ` + digest + `('pc', 'old-' || g), now() - interval '2 hours' FROM generate_series(1, ` + strconv.Itoa(old) + `) g`)
+	e.exec(`INSERT INTO ` + keys + ` (digest)
+        SELECT ` + digest + `('pc', 'new-' || g) FROM generate_series(1, 100) g`)
+	done, pruned, err := e.client.Prune(ctx)
 	require.NoError(t, err)
 	require.Zero(t, done)
-	require.EqualValues(t, old, keys)
+	require.EqualValues(t, old, pruned)
 	var left, young int
-	require.NoError(t, e.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE idempotency_key LIKE 'new-%') FROM `+e.q("batch_key")).Scan(&left, &young))
+	require.NoError(t, e.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE created_at > now() - interval '1 hour') FROM `+keys).Scan(&left, &young))
 	require.Equal(t, 100, left)
 	require.Equal(t, 100, young)
 
 	// A context that ends while Prune waits between chunks ends Prune, with
 	// what it deleted so far.
-	e.exec(`UPDATE ` + e.q("batch_key") + ` SET created_at = now() - interval '2 hours'`)
-	e.exec(`INSERT INTO ` + e.q("batch_key") + ` (queue, idempotency_key, created_at)
-        SELECT 'pc', 'more-' || g, now() - interval '2 hours' FROM generate_series(1, ` + strconv.Itoa(queue.PruneChunk) + `) g`)
+	e.exec(`UPDATE ` + keys + ` SET created_at = now() - interval '2 hours'`)
+	e.exec(`INSERT INTO ` + keys + ` (digest, created_at)
+        SELECT ` + digest + `('pc', 'more-' || g), now() - interval '2 hours' FROM generate_series(1, ` + strconv.Itoa(queue.PruneChunk) + `) g`)
 	slow, err := queue.New(e.pool, &queue.Config{Schema: e.schema, KeyRetention: time.Hour, PruneDuty: 1e-9})
 	require.NoError(t, err)
 	defer slow.Close()
@@ -163,7 +165,7 @@ func TestPruneInChunks(t *testing.T) {
 	// prunePauseMax); cancel it there.
 	require.Eventually(t, func() bool {
 		var n int
-		_ = e.pool.QueryRow(ctx, `SELECT count(*) FROM `+e.q("batch_key")).Scan(&n)
+		_ = e.pool.QueryRow(ctx, `SELECT count(*) FROM `+keys).Scan(&n)
 		return n == 100
 	}, 20*time.Second, 10*time.Millisecond)
 	cancel()

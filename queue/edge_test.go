@@ -51,7 +51,7 @@ func (e *env) row(id int64) row {
 func (e *env) keys() int {
 	e.t.Helper()
 	var n int
-	require.NoError(e.t, e.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+e.q("batch_key")).Scan(&n))
+	require.NoError(e.t, e.pool.QueryRow(context.Background(), "SELECT count(*) FROM "+e.q("batch_key_digest")).Scan(&n))
 	return n
 }
 
@@ -305,10 +305,10 @@ func TestEnqueueRetryAfterCommitIsNotDuplicate(t *testing.T) {
 	ctx := testContext(t)
 	_, err := e.client.Enqueue(ctx, queue.EnqueueParams{Queue: "dup", Meta: meta(0), IdempotencyKey: "old"})
 	require.NoError(t, err)
-	e.exec("UPDATE " + e.q("batch_key") + " SET created_at = now() - interval '1 hour'")
+	e.exec("UPDATE " + e.q("batch_key_digest") + " SET created_at = now() - interval '1 hour'")
 
 	db := &lossyDB{Pool: e.pool, match: func(sql string) bool {
-		return strings.Contains(sql, "INSERT INTO") && strings.Contains(sql, "batch_key")
+		return strings.Contains(sql, "INSERT INTO") && strings.Contains(sql, "batch_key_digest")
 	}}
 	c := newClient(t, db, e.schema, nil)
 	res, err := c.EnqueueMany(ctx, []queue.EnqueueParams{

@@ -209,6 +209,47 @@ func TestConcurrentIdempotentEnqueue(t *testing.T) {
 	require.False(t, unkeyed.Duplicate)
 }
 
+// TestKeysRecordedBefore0004 runs against a schema upgraded with keys that
+// migration 0004 left in batch_key (text keys, before digests): each still
+// makes a re-enqueue of its key a duplicate naming its batch, in a single
+// enqueue and in a bulk one, and is pruned past retention, after which the
+// key is free again. The same key text in another queue is another key.
+func TestKeysRecordedBefore0004(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, &queue.Config{KeyRetention: time.Hour})
+	ctx := testContext(t)
+	var id int64
+	require.NoError(t, e.pool.QueryRow(ctx, `INSERT INTO `+e.q("batch_key")+` (queue, idempotency_key, created_at)
+        VALUES ('legacy', 'src1:orders:0:0-10', now() - interval '10 minutes') RETURNING batch_id`).Scan(&id))
+
+	one, err := e.client.Enqueue(ctx, queue.EnqueueParams{Queue: "legacy", Meta: meta(1), IdempotencyKey: "src1:orders:0:0-10"})
+	require.NoError(t, err)
+	require.True(t, one.Duplicate)
+	require.Equal(t, id, one.ID)
+	many, err := e.client.EnqueueMany(ctx, []queue.EnqueueParams{
+		{Queue: "legacy", Meta: meta(2), IdempotencyKey: "src1:orders:0:10-20"},
+		{Queue: "legacy", Meta: meta(3), IdempotencyKey: "src1:orders:0:0-10"},
+		{Queue: "other", Meta: meta(4), IdempotencyKey: "src1:orders:0:0-10"},
+	})
+	require.NoError(t, err)
+	require.False(t, many[0].Duplicate)
+	require.True(t, many[1].Duplicate)
+	require.Equal(t, id, many[1].ID)
+	require.False(t, many[2].Duplicate, "the same key in another queue is another batch")
+	require.Equal(t, 0, e.count("WHERE queue = 'legacy' AND idempotency_key = 'src1:orders:0:0-10'"))
+	require.Equal(t, 2, e.keys(), "new keys go to batch_key_digest only")
+
+	// Past retention, Prune removes the old key as well, and it is free.
+	e.exec(`UPDATE ` + e.q("batch_key") + ` SET created_at = now() - interval '2 hours'`)
+	_, pruned, err := e.client.Prune(ctx)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, pruned)
+	again, err := e.client.Enqueue(ctx, queue.EnqueueParams{Queue: "legacy", Meta: meta(5), IdempotencyKey: "src1:orders:0:0-10"})
+	require.NoError(t, err)
+	require.False(t, again.Duplicate)
+	require.NotEqual(t, id, again.ID)
+}
+
 func TestEnqueueRejectsBadInput(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)

@@ -74,7 +74,7 @@ func (w *writerSwitch) Query(ctx context.Context, sql string, args ...any) (pgx.
 		return nil, conflictErr
 	}
 	rows, err := w.Pool.Query(ctx, sql, args...)
-	if err != nil || !strings.Contains(sql, "batch_key (queue, idempotency_key)") {
+	if err != nil || !strings.Contains(sql, "batch_key_digest (digest)") {
 		return rows, err
 	}
 	w.mu.Lock()
@@ -123,11 +123,11 @@ func (e *env) loseKey(queueName, key string) {
 	e.t.Helper()
 	ctx := context.Background()
 	var ids []int64
-	rows, err := e.pool.Query(ctx, "SELECT batch_id FROM "+e.q("batch_key")+" WHERE queue = $1 AND idempotency_key = $2", queueName, key)
+	rows, err := e.pool.Query(ctx, "SELECT batch_id FROM "+e.q("batch_key_digest")+" WHERE digest = "+e.q("key_digest")+"($1, $2)", queueName, key)
 	require.NoError(e.t, err)
 	ids, err = pgx.CollectRows(rows, pgx.RowTo[int64])
 	require.NoError(e.t, err)
-	e.exec("DELETE FROM "+e.q("batch_key")+" WHERE queue = $1 AND idempotency_key = $2", queueName, key)
+	e.exec("DELETE FROM "+e.q("batch_key_digest")+" WHERE digest = "+e.q("key_digest")+"($1, $2)", queueName, key)
 	e.exec("DELETE FROM "+e.q("batch")+" WHERE id = ANY($1)", ids)
 	e.exec("DELETE FROM "+e.q("batch_done")+" WHERE id = ANY($1)", ids)
 }
@@ -200,7 +200,7 @@ func TestStraddledKeylessEnqueueReportsOutcomeUnknown(t *testing.T) {
 	e := newEnv(t, nil)
 	sw := newWriterSwitch(e.pool)
 	client := newClient(t, sw, e.schema, nil)
-	// The keyless statement has no batch_key; trigger on a keyed row in the
+	// The keyless statement has no key table; trigger on a keyed row in the
 	// same call instead.
 	keyed := keyedParams("mixed", 0)
 	sw.afterEnqueue = sw.change

@@ -30,14 +30,17 @@ const (
 	// given as NULL pads with NULLs, so columns nobody set cost nothing; empty
 	// strings mean NULL). Rows without an idempotency key
 	// take an id from the batch sequence ($1). Keyed rows first claim their
-	// key in batch_key; only the first row of each new key is inserted, and
-	// rows whose key exists are reported with a NULL id (duplicates).
+	// key's digest in batch_key_digest; only the first row of each new key
+	// is inserted, and rows whose key exists (there, or in batch_key, where
+	// keys recorded before migration 0004 live out their retention) are
+	// reported with a NULL id (duplicates).
 	// Returns one row per input row, in input order: (ordinal, id or NULL).
 	// NOTIFY ($17, NULL to skip) is sent once per queue that got a batch
 	// runnable now; PostgreSQL delivers it at commit.
 	sqlEnqueue = `WITH src AS (
     SELECT u.*,
         CASE WHEN u.ikey IS NULL THEN nextval($1::text::regclass) END AS new_id,
+        {s}.key_digest(u.q, u.ikey) AS dig,
         min(u.ord) OVER (PARTITION BY u.q, u.ikey) AS first_ord
     FROM (
         SELECT q, nullif(ikey, '') AS ikey, prio, run_at, delay_us, max_attempts,
@@ -54,15 +57,16 @@ const (
     ) u
 ),
 keys AS (
-    INSERT INTO {s}.batch_key (queue, idempotency_key)
-    SELECT q, ikey FROM src WHERE ikey IS NOT NULL AND ord = first_ord
-    ORDER BY q, ikey -- one lock order for every producer: no deadlocks between overlapping key sets
-    ON CONFLICT (queue, idempotency_key) DO NOTHING
-    RETURNING queue, idempotency_key, batch_id
+    INSERT INTO {s}.batch_key_digest (digest)
+    SELECT dig FROM src WHERE ikey IS NOT NULL AND ord = first_ord
+        AND NOT EXISTS (SELECT 1 FROM {s}.batch_key o WHERE o.queue = src.q AND o.idempotency_key = src.ikey)
+    ORDER BY dig -- one lock order for every producer: no deadlocks between overlapping key sets
+    ON CONFLICT (digest) DO NOTHING
+    RETURNING digest, batch_id
 ),
 rows AS (
     SELECT src.*, coalesce(src.new_id, keys.batch_id) AS id
-    FROM src LEFT JOIN keys ON keys.queue = src.q AND keys.idempotency_key = src.ikey
+    FROM src LEFT JOIN keys ON keys.digest = src.dig
 ),
 ins AS (
     INSERT INTO {s}.batch (id, queue, idempotency_key, priority, run_at, max_attempts,
@@ -124,9 +128,11 @@ SELECT ord, id, (SELECT count(*) FROM woken) FROM src ORDER BY ord`
 
 	// The batch ids behind existing idempotency keys, in input order.
 	// With each, the key's age in seconds by the database clock.
-	sqlKeyLookup = `SELECT k.batch_id, extract(epoch FROM now() - k.created_at)::float8
+	sqlKeyLookup = `SELECT coalesce(k.batch_id, o.batch_id),
+    extract(epoch FROM now() - coalesce(k.created_at, o.created_at))::float8
 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(q, ikey, ord)
-LEFT JOIN {s}.batch_key k ON k.queue = u.q AND k.idempotency_key = u.ikey
+LEFT JOIN {s}.batch_key_digest k ON k.digest = {s}.key_digest(u.q, u.ikey)
+LEFT JOIN {s}.batch_key o ON o.queue = u.q AND o.idempotency_key = u.ikey
 ORDER BY u.ord`
 
 	// Claim up to $2 runnable batches of queue $1 unless it is paused, in
@@ -204,16 +210,17 @@ SELECT id FROM rec`
 	// re-assertion of their enqueues is a duplicate. It waits for a
 	// concurrent insert of the same key (an enqueue re-asserted at the same
 	// time), so the statement after it sees that batch.
-	sqlReassertKeys = `INSERT INTO {s}.batch_key (queue, idempotency_key, batch_id)
-SELECT q, k, nextval($3::text::regclass) FROM unnest($1::text[], $2::text[]) AS u(q, k)
-WHERE k <> '' ORDER BY q, k
-ON CONFLICT (queue, idempotency_key) DO NOTHING`
+	sqlReassertKeys = `INSERT INTO {s}.batch_key_digest (digest, batch_id)
+SELECT {s}.key_digest(q, k), nextval($3::text::regclass) FROM unnest($1::text[], $2::text[]) AS u(q, k)
+WHERE k <> '' AND NOT EXISTS (SELECT 1 FROM {s}.batch_key o WHERE o.queue = u.q AND o.idempotency_key = u.k)
+ORDER BY 1
+ON CONFLICT (digest) DO NOTHING`
 
 	// Re-assertion of completions, second statement, in the same
 	// transaction: finish each batch that an earlier writer completed and
 	// this one may still have. A batch is matched by id and creation time
 	// (after lost commits the new writer may hand the same id to another
-	// batch), or by queue and idempotency key through batch_key (a
+	// batch), or by queue and idempotency key through the key tables (a
 	// re-asserted enqueue gets a new id), and finished whatever its state,
 	// recording the completion under the token that was acknowledged. A
 	// completion whose batch the writer lacks altogether is recorded as it
@@ -230,8 +237,13 @@ target AS (
     SELECT b.id, c.id AS cid, c.token FROM c JOIN {s}.batch b ON b.id = c.id AND b.created_at = c.created_at
     UNION
     SELECT b.id, c.id, c.token FROM c
-    JOIN {s}.batch_key k ON k.queue = c.queue AND k.idempotency_key = c.ikey
+    JOIN {s}.batch_key_digest k ON k.digest = {s}.key_digest(c.queue, c.ikey)
     JOIN {s}.batch b ON b.id = k.batch_id AND b.queue = c.queue AND b.idempotency_key = c.ikey
+    WHERE c.ikey <> ''
+    UNION
+    SELECT b.id, c.id, c.token FROM c
+    JOIN {s}.batch_key o ON o.queue = c.queue AND o.idempotency_key = c.ikey
+    JOIN {s}.batch b ON b.id = o.batch_id AND b.queue = c.queue AND b.idempotency_key = c.ikey
     WHERE c.ikey <> ''
 ),
 gone AS (
@@ -240,7 +252,9 @@ gone AS (
     RETURNING b.id, t.token, b.created_at, b.attempt, b.queue
 ),
 keyed AS (
-    SELECT c.*, (SELECT k.batch_id FROM {s}.batch_key k WHERE k.queue = c.queue AND k.idempotency_key = c.ikey) AS kid
+    SELECT c.*, CASE WHEN c.ikey <> '' THEN coalesce(
+        (SELECT k.batch_id FROM {s}.batch_key_digest k WHERE k.digest = {s}.key_digest(c.queue, c.ikey)),
+        (SELECT o.batch_id FROM {s}.batch_key o WHERE o.queue = c.queue AND o.idempotency_key = c.ikey)) END AS kid
     FROM c
 ),
 done_now AS MATERIALIZED (
@@ -328,7 +342,8 @@ RETURNING b.id, b.state = 'dead'`
 
 	// Fails unless every table the queue uses exists and is readable.
 	sqlCheck = `SELECT (SELECT 1 FROM {s}.batch LIMIT 0), (SELECT 1 FROM {s}.batch_done LIMIT 0),
-    (SELECT 1 FROM {s}.batch_key LIMIT 0), (SELECT 1 FROM {s}.queue_setting LIMIT 0)`
+    (SELECT 1 FROM {s}.batch_key LIMIT 0), (SELECT 1 FROM {s}.batch_key_digest LIMIT 0),
+    (SELECT 1 FROM {s}.queue_setting LIMIT 0)`
 
 	sqlGet = `SELECT ` + batchColumns + ` FROM {s}.batch b WHERE b.id = $1`
 
@@ -418,11 +433,13 @@ FROM pg_class c WHERE c.oid = $1::text::regclass`
 	// batches from the head of the claim index.
 	sqlVacuum = `VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) {s}.batch`
 
-	// Pruning of completion records and idempotency keys older than $1 µs,
-	// at most $2 rows per statement.
+	// Pruning of completion records and idempotency keys (both tables)
+	// older than $1 µs, at most $2 rows per statement.
 	sqlPruneDone = `DELETE FROM {s}.batch_done WHERE ctid = ANY (ARRAY(
     SELECT ctid FROM {s}.batch_done WHERE done_at < now() - $1::float8 * interval '1 microsecond' LIMIT $2))`
-	sqlPruneKeys = `DELETE FROM {s}.batch_key WHERE ctid = ANY (ARRAY(
+	sqlPruneKeys = `DELETE FROM {s}.batch_key_digest WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM {s}.batch_key_digest WHERE created_at < now() - $1::float8 * interval '1 microsecond' LIMIT $2))`
+	sqlPruneOldKeys = `DELETE FROM {s}.batch_key WHERE ctid = ANY (ARRAY(
     SELECT ctid FROM {s}.batch_key WHERE created_at < now() - $1::float8 * interval '1 microsecond' LIMIT $2))`
 
 	// Re-confirm held leases (runners, on every heartbeat and at once after
@@ -476,7 +493,7 @@ RETURNING b.id`
 type statements struct {
 	enqueue, enqueueKeyless, takeIDs, wake, keyLookup, claim, claimFrom, now, complete, reassertKeys, reassertComplete, completeRepeat, fail, extend, release, reclaim string
 	vacuumDue, vacuum, deadTuples, table,
-	check, get, done, listDead, requeueDead, setPaused, paused, stats, pruneDone, pruneKeys string
+	check, get, done, listDead, requeueDead, setPaused, paused, stats, pruneDone, pruneKeys, pruneOldKeys string
 	reconfirm, releaseTokens string
 	sequence                 string // the batch id sequence, quoted, passed as a parameter
 	channel                  string // the NOTIFY channel of the schema
@@ -516,6 +533,7 @@ func newStatements(schema string) *statements {
 		stats:            sub(sqlStats),
 		pruneDone:        sub(sqlPruneDone),
 		pruneKeys:        sub(sqlPruneKeys),
+		pruneOldKeys:     sub(sqlPruneOldKeys),
 		sequence:         pgx.Identifier{schema, "batch_id_seq"}.Sanitize(),
 		channel:          channelName(schema),
 		reconfirm:        sub(sqlReconfirm),

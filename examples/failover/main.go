@@ -223,8 +223,8 @@ func run() error {
 	for _, k := range keys {
 		var done, pending bool
 		err := direct.QueryRow(ctx, `SELECT
-			EXISTS (SELECT 1 FROM skiplock.batch_done d JOIN skiplock.batch_key k ON k.batch_id = d.id WHERE k.queue = $1 AND k.idempotency_key = $2),
-			EXISTS (SELECT 1 FROM skiplock.batch b JOIN skiplock.batch_key k ON k.batch_id = b.id WHERE k.queue = $1 AND k.idempotency_key = $2)`,
+			EXISTS (SELECT 1 FROM skiplock.batch_done d JOIN skiplock.batch_key_digest k ON k.batch_id = d.id WHERE k.digest = skiplock.key_digest($1, $2)),
+			EXISTS (SELECT 1 FROM skiplock.batch b JOIN skiplock.batch_key_digest k ON k.batch_id = b.id WHERE k.digest = skiplock.key_digest($1, $2))`,
 			queueName, k).Scan(&done, &pending)
 		if err != nil {
 			return err

@@ -3,6 +3,7 @@ package faultlab
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"time"
@@ -88,7 +89,7 @@ WITH done AS (SELECT id, count(*) AS n FROM `+s("batch_done")+` WHERE queue = $1
 SELECT u.key, k.batch_id, coalesce(d.n, 0),
     EXISTS (SELECT 1 FROM `+s("batch")+` b WHERE b.id = k.batch_id)
 FROM unnest($2::text[]) AS u(key)
-LEFT JOIN `+s("batch_key")+` k ON k.queue = $1 AND k.idempotency_key = u.key
+LEFT JOIN `+s("batch_key_digest")+` k ON k.digest = `+s("key_digest")+`($1, u.key)
 LEFT JOIN done d ON d.id = k.batch_id`, l.cfg.Queue, keys)
 	if err != nil {
 		return nil, fmt.Errorf("faultlab: check acknowledged batches: %w", err)
@@ -126,8 +127,10 @@ LEFT JOIN done d ON d.id = k.batch_id`, l.cfg.Queue, keys)
 		at                 time.Time
 		key                string
 	}
-	rows, err = final.Query(ctx, `SELECT d.id, d.lease_token, d.created_at, d.done_at, coalesce(k.idempotency_key, '')
-FROM `+s("batch_done")+` d LEFT JOIN `+s("batch_key")+` k ON k.queue = d.queue AND k.batch_id = d.id
+	// The key tables hold digests, not keys: a completion's key digest is
+	// turned back into the key below, from the keys the harness knows.
+	rows, err = final.Query(ctx, `SELECT d.id, d.lease_token, d.created_at, d.done_at, coalesce(k.digest::text, '')
+FROM `+s("batch_done")+` d LEFT JOIN `+s("batch_key_digest")+` k ON k.batch_id = d.id
 WHERE d.queue = $1`, l.cfg.Queue)
 	if err != nil {
 		return nil, fmt.Errorf("faultlab: check completions: %w", err)
@@ -159,6 +162,24 @@ WHERE d.queue = $1`, l.cfg.Queue)
 	for _, e := range execs {
 		byBatch[ident{e.BatchID, e.Created}] = append(byBatch[ident{e.BatchID, e.Created}], e)
 		byKey[e.Key] = append(byKey[e.Key], e)
+	}
+	known := slices.Collect(maps.Keys(byKey))
+	known = append(known, keys...)
+	keyOf := map[string]string{}
+	rows, err = final.Query(ctx, `SELECT u.key, `+s("key_digest")+`($1, u.key)::text FROM unnest($2::text[]) AS u(key)`, l.cfg.Queue, known)
+	if err != nil {
+		return nil, fmt.Errorf("faultlab: check completions: key digests: %w", err)
+	}
+	var digest string
+	_, err = pgx.ForEachRow(rows, []any{&key, &digest}, func() error {
+		keyOf[digest] = key
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("faultlab: check completions: key digests: %w", err)
+	}
+	for i := range dones {
+		dones[i].key = keyOf[dones[i].key] // "" when the completion has no key the harness knows
 	}
 	for _, d := range dones {
 		// The runs of this batch: by id and creation time, and by key (a

@@ -174,8 +174,8 @@ func crashOnce(ctx context.Context, c *Cluster, l *Load, within time.Duration) (
 		return 0, true, ctx.Err()
 	}
 	killed := kill()
-	q := `SELECT EXISTS (SELECT 1 FROM ` + l.table("batch_key") + ` k JOIN ` + l.table("batch_done") + ` d ON d.id = k.batch_id
-		WHERE k.queue = $1 AND k.idempotency_key = $2)`
+	q := `SELECT EXISTS (SELECT 1 FROM ` + l.table("batch_key_digest") + ` k JOIN ` + l.table("batch_done") + ` d ON d.id = k.batch_id
+		WHERE k.digest = ` + l.table("key_digest") + `($1, $2))`
 	err = poll(ctx, 30*time.Second, "the killed worker's batch to be completed by another", func() (bool, error) {
 		var done bool
 		err := c.Direct(c.Writer()).QueryRow(ctx, q, l.cfg.Queue, victim).Scan(&done)

@@ -397,7 +397,7 @@ func (c *Cluster) loseCommits(ctx context.Context, l *Load, o *Outcome, w, r int
 	var missing int
 	err := retryKilled(ctx, func() error {
 		return c.direct[r].QueryRow(ctx, `SELECT count(*) FROM unnest($2::text[]) AS u(key)
-			WHERE NOT EXISTS (SELECT 1 FROM `+l.table("batch_key")+` k WHERE k.queue = $1 AND k.idempotency_key = u.key)`,
+			WHERE NOT EXISTS (SELECT 1 FROM `+l.table("batch_key_digest")+` k WHERE k.digest = `+l.table("key_digest")+`($1, u.key))`,
 			l.cfg.Queue, keys).Scan(&missing)
 	})
 	if err != nil {

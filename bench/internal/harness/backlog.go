@@ -197,7 +197,7 @@ func (e *env) skiplockBacklog() *backlogSystem {
 		name: SystemSkiplock,
 		config: fmt.Sprintf("EnqueueMany keyed by Meta.Source, %d per call; %d runners, ClaimSize %d, Concurrency %d, PollInterval 100ms, NOTIFY on; backlog priority %d, urgent new %d",
 			perCall, backlogRunners, backlogClaimSize, 2*backlogClaimSize, cls.backlog, cls.urgent),
-		tables: []string{qs("batch"), qs("batch_key")},
+		tables: []string{qs("batch"), qs("batch_key_digest"), qs("batch_key")},
 		fill: func(ctx context.Context, p int, lo, hi int64) error {
 			ps := make([]queue.EnqueueParams, 0, hi-lo)
 			for g := lo; g < hi; g++ {

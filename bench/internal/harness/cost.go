@@ -173,10 +173,10 @@ func (e *env) costVariants(rc *river.Client[pgxTx]) []costVariant {
 			if !withKey {
 				return []string{qs("batch_done")}, nil
 			}
-			if err := e.exec(ctx, `UPDATE `+qs("batch_key")+` SET created_at = created_at - interval '8 days' WHERE batch_id > $1`, above); err != nil {
+			if err := e.exec(ctx, `UPDATE `+qs("batch_key_digest")+` SET created_at = created_at - interval '8 days' WHERE batch_id > $1`, above); err != nil {
 				return nil, err
 			}
-			return []string{qs("batch_done"), qs("batch_key")}, nil
+			return []string{qs("batch_done"), qs("batch_key_digest")}, nil
 		}
 	}
 	skPrune := func(ctx context.Context, _ int) (map[string]int64, error) {
@@ -193,7 +193,7 @@ func (e *env) costVariants(rc *river.Client[pgxTx]) []costVariant {
 		err := e.exec(ctx, `UPDATE `+qr("river_job")+` SET finalized_at = finalized_at - interval '2 days' WHERE id > $1 AND state = 'completed'`, above)
 		return []string{qr("river_job")}, err
 	}
-	skTables := []string{qs("batch"), qs("batch_done"), qs("batch_key")}
+	skTables := []string{qs("batch"), qs("batch_done"), qs("batch_key_digest")}
 	rvTables := []string{qr("river_job")}
 	return []costVariant{
 		{SystemSkiplock, costKeyless, skTables, skEnqueue(false), skWork, skMaxID, skAge(false), skPrune},

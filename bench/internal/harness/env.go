@@ -179,7 +179,7 @@ func qr(table string) string { return pgx.Identifier{riverSchema, table}.Sanitiz
 // reset empties both systems' tables, so every measurement starts from the
 // same state whichever system ran before.
 func (e *env) reset(ctx context.Context) error {
-	if err := e.exec(ctx, `TRUNCATE `+qs("batch")+`, `+qs("batch_done")+`, `+qs("batch_key")+`, `+qr("river_job")); err != nil {
+	if err := e.exec(ctx, `TRUNCATE `+qs("batch")+`, `+qs("batch_done")+`, `+qs("batch_key")+`, `+qs("batch_key_digest")+`, `+qr("river_job")); err != nil {
 		return fmt.Errorf("reset: %w", err)
 	}
 	return nil

@@ -14,7 +14,7 @@ import (
 	"github.com/skiplock/skiplock/queue"
 )
 
-// The retention scenario fills skiplock's idempotency-key table (batch_key)
+// The retention scenario fills skiplock's idempotency-key table (batch_key_digest)
 // and completion-record table (batch_done) as seven days of 500 batches/s
 // would leave them, generated directly in SQL, and measures keyed enqueue
 // throughput at RetentionBaseRows and at RetentionRows key rows, then the
@@ -54,8 +54,8 @@ const (
 // the oldest $5 of them within the day that ends an hour before six days
 // before $7, the others within the six days before $7. Batch ids start
 // after $6.
-var sqlGenKeys = `INSERT INTO ` + qs("batch_key") + ` (queue, idempotency_key, batch_id, created_at)
-SELECT $1, 'src1:bench:' || (g % ` + fmt.Sprint(retentionPartitions) + `) || ':' || o || '-' || (o + 999), $6 + g,
+var sqlGenKeys = `INSERT INTO ` + qs("batch_key_digest") + ` (digest, batch_id, created_at)
+SELECT ` + qs("key_digest") + `($1, 'src1:bench:' || (g % ` + fmt.Sprint(retentionPartitions) + `) || ':' || o || '-' || (o + 999)), $6 + g,
     CASE WHEN g < $5 THEN $7::timestamptz - interval '7 days' + (g::float8 / $5) * interval '23 hours'
         ELSE $7::timestamptz - interval '6 days' + ((g - $5)::float8 / greatest($4 - $5, 1)) * interval '6 days' END
 FROM generate_series($2::int8, $3::int8) g,
@@ -79,7 +79,7 @@ func (e *env) retentionSizes(ctx context.Context) (retentionSizes, error) {
 	var s retentionSizes
 	err := e.pool.QueryRow(ctx, `SELECT pg_relation_size($1::text::regclass), pg_relation_size($2::text::regclass),
     pg_indexes_size($1::text::regclass), pg_relation_size($3::text::regclass), pg_indexes_size($3::text::regclass)`,
-		qs("batch_key"), qs("batch_key_pkey"), qs("batch_done")).Scan(&s.keyHeap, &s.keyPK, &s.keyIndexes, &s.doneHeap, &s.doneIndexes)
+		qs("batch_key_digest"), qs("batch_key_digest_pkey"), qs("batch_done")).Scan(&s.keyHeap, &s.keyPK, &s.keyIndexes, &s.doneHeap, &s.doneIndexes)
 	return s, err
 }
 
@@ -151,7 +151,7 @@ func (e *env) generateRetention(ctx context.Context, rows int, prog *progress) (
 			return asOf, fmt.Errorf("generate completion records: %w", err)
 		}
 	}
-	if err := e.exec(ctx, `VACUUM ANALYZE `+qs("batch_key")+`, `+qs("batch_done")); err != nil {
+	if err := e.exec(ctx, `VACUUM ANALYZE `+qs("batch_key_digest")+`, `+qs("batch_done")); err != nil {
 		return asOf, fmt.Errorf("vacuum: %w", err)
 	}
 	if err := e.checkpoint(ctx); err != nil {
@@ -411,7 +411,7 @@ func (e *env) pruneUnderLoad(ctx context.Context, cfg *Config, asOf time.Time, r
 		{"prune completion records", func() (int64, error) { return prune(false) }},
 		{"prune keys", func() (int64, error) { return prune(true) }},
 		{"vacuum", func() (int64, error) {
-			return 0, e.exec(ctx, `VACUUM `+qs("batch_key")+`, `+qs("batch_done"))
+			return 0, e.exec(ctx, `VACUUM `+qs("batch_key_digest")+`, `+qs("batch_done"))
 		}},
 	}
 	var afterPrune retentionSizes
