@@ -1,6 +1,7 @@
 // Command skiplock is the operator's tool for skiplock queues: schema
 // migrations, queue statistics, inspection of batches, dead letters, pause
-// and resume, and releasing the leases of a worker that is gone.
+// and resume, releasing the leases of a worker that is gone, and a doctor
+// that checks the database behind an endpoint.
 //
 //	go install github.com/skiplock/skiplock/cmd/skiplock@latest
 //
@@ -12,6 +13,7 @@
 //	skiplock pause QUEUE
 //	skiplock resume QUEUE
 //	skiplock release-leases --queue Q --owner O
+//	skiplock doctor [thresholds]
 //
 // The database is given by --dsn or, without it, by $DATABASE_URL; --schema
 // names the schema of skiplock's tables (default "skiplock"), --timeout
@@ -23,5 +25,6 @@
 // command or flag, missing DSN, invalid argument such as a hostile queue
 // name), which changes nothing; 3 a batch named was not found (show; dead
 // requeue and delete, which then change nothing); 4 a check failed
-// (migrate validate with a pending or unknown version).
+// (migrate validate with a pending or unknown version, doctor with a
+// critical finding).
 package main

@@ -14,7 +14,7 @@ const (
 	exitFailed   = 1 // the operation failed (database unreachable, an error from the server, a timeout)
 	exitUsage    = 2 // bad invocation: unknown command or flag, missing DSN, invalid argument; nothing was changed
 	exitNotFound = 3 // a batch named does not exist (or is not dead, for dead requeue/delete); nothing was changed
-	exitCheck    = 4 // a check failed: migrate validate found a pending or unknown version
+	exitCheck    = 4 // a check failed: migrate validate found a pending or unknown version, doctor a critical finding
 )
 
 // exitError carries the exit code of a failed command.

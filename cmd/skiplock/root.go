@@ -76,7 +76,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 func (a *app) rootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "skiplock",
-		Short: "Operate skiplock queues: migrations, stats, inspection, dead letters, pause, leases",
+		Short: "Operate skiplock queues: migrations, stats, inspection, dead letters, pause, leases, health",
 		Long: `skiplock operates the PostgreSQL queues of the skiplock library.
 
 The database comes from --dsn or, when that is not given, from $DATABASE_URL
@@ -85,7 +85,7 @@ Passwords are never printed. Read commands print an aligned table, or JSON
 with --json.
 
 Exit codes: 0 done; 1 failed; 2 bad invocation (nothing changed);
-3 not found (nothing changed); 4 a check failed (migrate validate).`,
+3 not found (nothing changed); 4 a check failed (migrate validate, doctor).`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
@@ -110,6 +110,7 @@ Exit codes: 0 done; 1 failed; 2 bad invocation (nothing changed);
 		a.pauseCommand("pause"),
 		a.pauseCommand("resume"),
 		a.releaseLeasesCommand(),
+		a.doctorCommand(),
 	)
 	return root
 }
