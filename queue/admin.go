@@ -154,6 +154,81 @@ func (c *Client) requeueDead(ctx context.Context, q querier, queue string, ids [
 	return int(n), nil
 }
 
+// DeleteDead deletes the given dead batches of a queue for good and returns
+// how many it deleted (repeated ids count once). It is all or nothing like
+// RequeueDead: if any id is not a dead batch of the queue, it deletes none
+// and returns an error matching ErrNotFound that names such ids. No ids
+// delete nothing. Idempotency keys of deleted batches stay remembered until
+// Config.KeyRetention, as for completed batches, so enqueueing the same key
+// again within it adds nothing; requeue a batch to run it again. It is
+// repeated only after failures that prove nothing was committed; others
+// return an *OutcomeUnknownError.
+func (c *Client) DeleteDead(ctx context.Context, queue string, ids []int64) (int, error) {
+	const op = "delete dead"
+	if err := c.check(op); err != nil {
+		return 0, err
+	}
+	if err := validQueue(op, queue); err != nil {
+		return 0, err
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	var n int
+	var answer error // the statement's own answer (ErrNotFound), which is not retried
+	err := c.retry(ctx, op, false, func(ctx context.Context) error {
+		var err error
+		n, err = c.deleteDead(ctx, c.db, queue, ids)
+		if errors.Is(err, ErrNotFound) {
+			answer, err = err, nil
+		}
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, answer
+}
+
+// DeleteDeadTx is DeleteDead inside the caller's transaction: the batches
+// are gone when tx commits. It is not retried.
+func (c *Client) DeleteDeadTx(ctx context.Context, tx pgx.Tx, queue string, ids []int64) (int, error) {
+	const op = "delete dead"
+	if err := c.check(op); err != nil {
+		return 0, err
+	}
+	if tx == nil {
+		return 0, argError(op, "tx", "nil")
+	}
+	if err := validQueue(op, queue); err != nil {
+		return 0, err
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	return c.deleteDead(ctx, tx, queue, ids)
+}
+
+func (c *Client) deleteDead(ctx context.Context, q querier, queue string, ids []int64) (int, error) {
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	var n int64
+	var absent []int64
+	if err := q.QueryRow(ctx, c.sql.deleteDead, queue, ids).Scan(&n, &absent); err != nil {
+		return 0, fmt.Errorf("delete dead %q: %w", short(queue), err)
+	}
+	if len(absent) > 0 {
+		named := absent[:min(len(absent), maxNamedIDs)]
+		more := ""
+		if len(absent) > len(named) {
+			more = fmt.Sprintf(" and %d more", len(absent)-len(named))
+		}
+		return 0, fmt.Errorf("delete dead %q: batches %v%s are not dead batches of the queue; nothing deleted: %w",
+			short(queue), named, more, ErrNotFound)
+	}
+	return int(n), nil
+}
+
 // Pause stops claims from a queue, by every runner and Claim call, until
 // Resume. Batches already claimed finish normally; enqueues still work.
 // Pausing a paused queue changes nothing, so Pause is retried across

@@ -487,6 +487,69 @@ SELECT id, lease_token, true FROM retaken`
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE b.state = 'running' AND b.lease_token = ANY ($1::int8[])
 RETURNING b.id`
+
+	// Operators' listing: batches of queue $1 in state $2 ('available',
+	// 'running' or 'dead') with ids above $3, in id order, at most $5. $4
+	// splits available batches: true runnable now, false scheduled for
+	// later, NULL both. It reads the primary key from $3 on (or a partial
+	// index of the state); it is for inspection, not for a hot path.
+	sqlList = `SELECT ` + batchColumns + ` FROM {s}.batch b
+WHERE b.queue = $1 AND b.state = $2 AND b.id > $3
+    AND ($4::bool IS NULL OR (b.run_at <= now()) = $4)
+ORDER BY b.id LIMIT $5`
+
+	// Delete dead batches $2 of queue $1, all or nothing like
+	// sqlRequeueDead: unless every distinct id is a dead batch of the queue,
+	// nothing is deleted. Idempotency keys stay (until KeyRetention), as for
+	// a completed batch. Returns how many were deleted and the ids that are
+	// not dead batches of the queue.
+	sqlDeleteDead = `WITH want AS (
+    SELECT DISTINCT w.id FROM unnest($2::int8[]) AS w(id)
+),
+dead AS (
+    SELECT b.id FROM {s}.batch b
+    WHERE b.queue = $1 AND b.state = 'dead' AND b.id = ANY ($2::int8[])
+    FOR UPDATE
+),
+gone AS (
+    DELETE FROM {s}.batch b USING dead
+    WHERE b.id = dead.id AND (SELECT count(*) FROM dead) = (SELECT count(*) FROM want)
+    RETURNING b.id
+)
+SELECT (SELECT count(*) FROM gone),
+    coalesce((SELECT array_agg(w.id ORDER BY w.id) FROM want w WHERE w.id NOT IN (SELECT id FROM dead)), '{}')`
+
+	// End the leases owner $2 holds on batches of queue $1 now, as if they
+	// had expired (an operator releasing a worker known to be gone): each
+	// batch becomes available again, or dead when that was its last
+	// attempt; the attempt counts. The leases are read first (held), and a
+	// row is changed only while the token read still holds it for the
+	// same owner: a lease taken since — reclaimed and claimed again, even
+	// by a worker of the same name — is left alone (a concurrent change
+	// makes the update re-check the row's newest version). Returns the ids
+	// read, the ids made available, the ids dead-lettered, and how many
+	// runners were woken ($3 channel, NULL to skip).
+	sqlReleaseOwner = `WITH held AS (
+    SELECT id, lease_token FROM {s}.batch
+    WHERE state = 'running' AND queue = $1 AND lease_owner = $2
+),
+freed AS (
+    UPDATE {s}.batch b SET
+        state = CASE WHEN b.attempt >= b.max_attempts THEN 'dead' ELSE 'available' END,
+        last_error = 'lease of ' || b.lease_owner || ' released by an operator',
+        lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+    FROM held h
+    WHERE b.id = h.id AND b.lease_token = h.lease_token AND b.lease_owner = $2 AND b.queue = $1
+    RETURNING b.id, b.state
+),
+woken AS (
+    SELECT pg_notify($3, $1)
+    WHERE $3::text IS NOT NULL AND EXISTS (SELECT 1 FROM freed WHERE state = 'available')
+)
+SELECT coalesce((SELECT array_agg(id ORDER BY id) FROM held), '{}'),
+    coalesce((SELECT array_agg(id ORDER BY id) FROM freed WHERE state = 'available'), '{}'),
+    coalesce((SELECT array_agg(id ORDER BY id) FROM freed WHERE state = 'dead'), '{}'),
+    (SELECT count(*) FROM woken)`
 )
 
 // statements is the package's SQL with the schema substituted.
@@ -497,6 +560,8 @@ type statements struct {
 	reconfirm, releaseTokens string
 	sequence                 string // the batch id sequence, quoted, passed as a parameter
 	channel                  string // the NOTIFY channel of the schema
+
+	list, deleteDead, releaseOwner string // operators' statements
 }
 
 func newStatements(schema string) *statements {
@@ -538,6 +603,9 @@ func newStatements(schema string) *statements {
 		channel:          channelName(schema),
 		reconfirm:        sub(sqlReconfirm),
 		releaseTokens:    sub(sqlReleaseTokens),
+		list:             sub(sqlList),
+		deleteDead:       sub(sqlDeleteDead),
+		releaseOwner:     sub(sqlReleaseOwner),
 	}
 }
 
