@@ -434,6 +434,7 @@ func (r *Runner) settle(epoch int64, changed bool, completes []*job, completed m
 	var ev *settleEvents
 	if r.events != nil {
 		ev = &settleEvents{}
+		ev.sizes = [...]int{len(completes), len(fails), len(fails), len(releases), len(completes) + len(fails) + len(releases)}
 		defer ev.emit(r.events, r.cfg.Queue)
 	}
 	for _, j := range completes {
@@ -577,6 +578,7 @@ func finishedBefore(done []Completion, b *batch.Batch) bool {
 // OnEvent hook (a nil *settleEvents gathers nothing).
 type settleEvents struct {
 	lists [len(settleKinds)][]EventBatch
+	sizes [len(settleKinds)]int // the most each list can get: its capacity
 }
 
 // The lists of settleEvents, in the order their events go out.
@@ -593,6 +595,9 @@ var settleKinds = [...]EventKind{EventCompleted, EventRetried, EventDeadLettered
 func (ev *settleEvents) add(list int, j *job) {
 	if ev == nil {
 		return
+	}
+	if ev.lists[list] == nil {
+		ev.lists[list] = make([]EventBatch, 0, ev.sizes[list])
 	}
 	ev.lists[list] = append(ev.lists[list], EventBatch{ID: j.ref.ID, Attempt: j.b.Attempt, CreatedAt: j.b.CreatedAt, Error: j.text})
 }
