@@ -19,7 +19,6 @@ import (
 	"regexp"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -166,39 +165,7 @@ func BenchmarkClaimComplete(b *testing.B) {
 // drain runs workers runners with a no-op handler until n batches are
 // completed, and returns how long that took.
 func drain(b *testing.B, e *env, n, size, workers int) time.Duration {
-	var handled atomic.Int64
-	done := make(chan struct{})
-	runners := make([]*queue.Runner, workers)
-	for w := range runners {
-		r, err := queue.NewRunner(e.client, &queue.RunnerConfig{
-			Queue: "bench", Concurrency: 2 * size, ClaimSize: size, PollInterval: 100 * time.Millisecond,
-			Handler: func(ctx context.Context, bt *batch.Batch) error {
-				if handled.Add(1) == int64(n) {
-					close(done)
-				}
-				return nil
-			},
-		})
-		require.NoError(b, err)
-		runners[w] = r
-	}
-	t0 := time.Now()
-	for _, r := range runners {
-		require.NoError(b, r.Start(context.Background()))
-	}
-	select {
-	case <-done:
-	case <-time.After(5 * time.Minute):
-		b.Fatalf("drained only %d of %d", handled.Load(), n)
-	}
-	var completed int64
-	for _, r := range runners {
-		require.NoError(b, r.Stop(context.Background()))
-		completed += r.Stats().Completed
-	}
-	elapsed := time.Since(t0)
-	require.EqualValues(b, n, completed)
-	return elapsed
+	return drainClient(b, e.client, n, size, workers, nil, nil)
 }
 
 var tpsLine = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)

@@ -60,6 +60,8 @@ type Client struct {
 	advanceMu sync.Mutex
 	advanced  [4]<-chan struct{} // the writer changes the journals last advanced for
 
+	events *eventSink // nil without Config.OnEvent
+
 	runnersMu sync.Mutex
 	runners   map[*Runner]struct{} // started and not yet stopped
 	quit      chan struct{}
@@ -88,6 +90,7 @@ func New(db DB, cfg *Config) (*Client, error) {
 		sql:  newStatements(cfg.Schema),
 		quit: make(chan struct{}),
 	}
+	c.events = newEventSink(cfg.OnEvent, cfg.EventBuffer, c.log.Named("events"))
 	if !cfg.DisableNotify && cfg.NotifyInterval > 0 {
 		c.wakes = newWakeCoalescer(cfg.NotifyInterval, c.sendWake)
 	}
@@ -240,8 +243,13 @@ func (c *Client) Close() error {
 	if n != nil {
 		n.stop()
 	}
+	c.events.close()
 	return err
 }
+
+// EventStats returns what became of the events given to Config.OnEvent:
+// all zero without it. It does not block.
+func (c *Client) EventStats() EventStats { return c.events.stats() }
 
 func (c *Client) check(op string) error {
 	if c.closed.Load() {
@@ -472,6 +480,9 @@ func (c *Client) assertCompletions(ctx context.Context, cs []Completion) error {
 	lvl := zap.DebugLevel
 	if n > 0 {
 		lvl = zap.WarnLevel
+		if c.events != nil {
+			c.events.emit(Event{Kind: EventReassertedCompletions, Count: n})
+		}
 	}
 	c.log.Log(lvl, "asserted journaled completions on the current writer", zap.Int("journaled", len(cs)), zap.Int("restored", n))
 	return nil

@@ -23,6 +23,7 @@ const (
 	JournalWindowDefault  = 30 * time.Second
 	NotifyIntervalDefault = 20 * time.Millisecond
 	PruneDutyDefault      = 0.25
+	EventBufferDefault    = 4096
 	MaxAttemptsLimit      = 1000
 	MaxEnqueueBatchRows   = 5000 // rows per statement of the bulk path; larger calls are split inside one transaction
 )
@@ -132,6 +133,22 @@ type Config struct {
 	// notifies inside every enqueue statement instead. Defaults to
 	// NotifyIntervalDefault.
 	NotifyInterval time.Duration
+
+	// OnEvent, if set, receives the lifecycle events of the client and its
+	// runners (see EventKind), one event per kind per round trip. It is
+	// untrusted: it runs on a goroutine of its own, fed through a buffer of
+	// EventBuffer events, so a slow, blocked, panicking or Goexit-calling
+	// callback never slows or stops a claim loop, a handler or an enqueue;
+	// events that find the buffer full are dropped and counted
+	// (Client.EventStats). A panic or runtime.Goexit in it drops that event
+	// and is counted; the delivery goes on. Close delivers what is buffered
+	// and waits for the callback at most 250ms. Unset, no event is built and
+	// no goroutine started. Defaults to nil.
+	OnEvent OnEventFunc
+
+	// EventBuffer is how many events wait for OnEvent at most, 1..1<<20.
+	// Defaults to EventBufferDefault.
+	EventBuffer int
 }
 
 // WithDefaults returns a copy of c with every zero field set to its default.
@@ -176,6 +193,9 @@ func (c *Config) WithDefaults() *Config {
 	if out.PruneDuty == 0 {
 		out.PruneDuty = PruneDutyDefault
 	}
+	if out.EventBuffer == 0 {
+		out.EventBuffer = EventBufferDefault
+	}
 	return &out
 }
 
@@ -200,6 +220,8 @@ func (c *Config) validate() error {
 		return argError("config", "KeyRetention", "%s is below 1m", c.KeyRetention)
 	case !(c.PruneDuty > 0 && c.PruneDuty <= 1): // also rejects NaN
 		return argError("config", "PruneDuty", "%v is outside (0, 1]", c.PruneDuty)
+	case c.EventBuffer < 1 || c.EventBuffer > 1<<20:
+		return argError("config", "EventBuffer", "%d is outside 1..%d", c.EventBuffer, 1<<20)
 	}
 	return nil
 }

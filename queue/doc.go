@@ -51,6 +51,32 @@
 // hot table less often while its vacuums cannot remove what they find.
 // Client.Claim always reads from the head.
 //
+// # Hooks
+//
+// Metrics, tracing and logging plug in at two seams; the skiplockprom
+// package uses both.
+//
+// RunnerConfig.Middleware wraps the handler (MiddlewareFunc: the first
+// element is outermost). A middleware sees each batch, the handler's
+// context, its error and how long it took, and what it returns is the
+// outcome. It runs where the handler runs, inside the runner's protection:
+// a middleware that panics, calls runtime.Goexit or never returns fails or
+// abandons the attempt exactly as such a handler would.
+//
+// Config.OnEvent receives typed lifecycle events (Event, EventKind):
+// enqueued, claimed, completed, retried, dead-lettered, lease extended,
+// lease lost, released, reclaimed, and the re-assertions of enqueues and
+// completions after a failover. Events are batched: one event per kind per
+// round trip, with Count and the batches concerned (a claim of 100 is one
+// EventClaimed with Count 100), so a hook's cost does not grow with the
+// claim size. The callback is treated as untrusted: events go through a
+// bounded buffer (Config.EventBuffer) to one goroutine of the client's that
+// calls it and survives its panics and runtime.Goexit; when the buffer is
+// full, events are dropped and counted (Client.EventStats); a blocked or
+// slow callback never slows a claim loop or a Stop, and Close waits for it
+// at most 250ms. With no OnEvent no event is built and no goroutine runs.
+// The failover package's pool has its own events (failover.Config.OnEvent).
+//
 // # Guarantees
 //
 // Delivery is at least once: a batch reaches a handler until it is

@@ -166,10 +166,14 @@ func (c *Client) enqueueMany(ctx context.Context, ps []EnqueueParams, journal bo
 		return nil, err
 	}
 	c.wakeEnqueued(ps, out)
-	if journal {
-		return c.journalEnqueued(ctx, since, closed(changed), ps, cols, out)
+	if !journal {
+		return out, nil // an assertion of journaled work: reported by the caller
 	}
-	return out, nil
+	out, err = c.journalEnqueued(ctx, since, closed(changed), ps, cols, out)
+	if err == nil && c.events != nil {
+		c.emitEnqueued(ps, out)
+	}
+	return out, err
 }
 
 // journalEnqueued journals the keyed batches of an acknowledged enqueue
@@ -235,7 +239,31 @@ func (c *Client) journalEnqueued(ctx context.Context, since int64, changed bool,
 			}
 		}
 		c.reassertedEnqueues.Add(int64(restored))
+		if restored > 0 && c.events != nil {
+			c.events.emit(Event{Kind: EventReassertedEnqueues, Count: restored})
+		}
 		return out, nil
+	}
+}
+
+// emitEnqueued reports the new batches of an enqueue, one event per queue.
+func (c *Client) emitEnqueued(ps []EnqueueParams, out []EnqueueResult) {
+	var queues []string
+	var counts []int
+	for i := range ps {
+		if out[i].Duplicate {
+			continue
+		}
+		k := slices.Index(queues, ps[i].Queue)
+		if k < 0 {
+			queues = append(queues, ps[i].Queue)
+			counts = append(counts, 0)
+			k = len(queues) - 1
+		}
+		counts[k]++
+	}
+	for k, q := range queues {
+		c.events.emit(Event{Kind: EventEnqueued, Queue: q, Count: counts[k]})
 	}
 }
 
@@ -259,6 +287,9 @@ func (c *Client) assertEnqueues(ctx context.Context, ps []EnqueueParams) error {
 	lvl := zap.DebugLevel
 	if restored > 0 {
 		lvl = zap.WarnLevel
+		if c.events != nil {
+			c.events.emit(Event{Kind: EventReassertedEnqueues, Count: restored})
+		}
 	}
 	c.log.Log(lvl, "asserted journaled enqueues on the current writer",
 		zap.Int("journaled", len(ps)), zap.Int("restored", restored))

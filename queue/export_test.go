@@ -12,3 +12,6 @@ func ClaimStatements(c *Client) (full, floored string) { return c.sql.claim, c.s
 
 // PrunePause is prunePause, for its table test.
 var PrunePause = prunePause
+
+// HasEventSink reports whether c delivers events (Config.OnEvent is set).
+func HasEventSink(c *Client) bool { return c.events != nil }

@@ -68,9 +68,11 @@ var (
 // handler the same way. Without WriterWatcher, the next heartbeat does the
 // same re-confirmation.
 type Runner struct {
-	c   *Client
-	cfg *RunnerConfig
-	log *zap.Logger
+	c       *Client
+	cfg     *RunnerConfig
+	log     *zap.Logger
+	handler HandlerFunc // cfg.Handler wrapped by cfg.Middleware
+	events  *eventSink  // the client's; nil without Config.OnEvent
 
 	mu       sync.Mutex
 	state    runnerState
@@ -234,10 +236,14 @@ type RunnerStats struct {
 	// again without running their handler.
 	FinishedBefore int64
 	Running        int // handlers running now
+	Slots          int // RunnerConfig.Concurrency: the most handlers that run at once
 	// PendingReassert is how many acknowledged completions a writer change
 	// left to be asserted on the current writer and are not yet.
 	PendingReassert int
 }
+
+// Queue returns the name of the queue the runner works.
+func (r *Runner) Queue() string { return r.cfg.Queue }
 
 // NewRunner returns a Runner for c. It checks cfg and returns an
 // *ArgumentError naming the field for a bad one; it does not touch the
@@ -253,6 +259,10 @@ func NewRunner(c *Client, cfg *RunnerConfig) (*Runner, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	handler, err := chainHandler(cfg.Handler, cfg.Middleware)
+	if err != nil {
+		return nil, err
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = c.log
@@ -260,6 +270,8 @@ func NewRunner(c *Client, cfg *RunnerConfig) (*Runner, error) {
 	r := &Runner{
 		c:          c,
 		cfg:        cfg,
+		handler:    handler,
+		events:     c.events,
 		log:        log.Named("runner").With(zap.String("queue", cfg.Queue)),
 		inflight:   map[Ref]*job{},
 		orphans:    map[Ref]bool{},
@@ -303,6 +315,7 @@ func (r *Runner) Stats() RunnerStats {
 		FinishedBefore:  s.finishedBefore.Load(),
 		FlooredClaims:   s.flooredClaims.Load(),
 		Running:         r.running(),
+		Slots:           r.cfg.Concurrency,
 		PendingReassert: pendingOf(r.c.done),
 		Reasserted:      r.c.reassertedDone.Load(),
 	}

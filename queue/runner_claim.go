@@ -308,6 +308,9 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 	r.forgetCleanup(len(lostTokens), orphans)
 	if len(freed)+len(orphansFreed) > 0 {
 		r.stats.released.Add(int64(len(freed) + len(orphansFreed)))
+		if r.events != nil {
+			r.events.emit(Event{Kind: EventReleased, Queue: r.cfg.Queue, Count: len(freed) + len(orphansFreed)})
+		}
 		r.log.Info("released batches of claims whose answer was lost",
 			zap.Int("lost_claims", len(lostTokens)), zap.Int("batches", len(freed)), zap.Int("re_taken_orphans", len(orphansFreed)))
 	}
@@ -428,11 +431,18 @@ func refsOf(jobs []*job) []Ref {
 func (r *Runner) settle(epoch int64, changed bool, completes []*job, completed map[int64]bool, fails []*job, failRes map[int64]bool, releases []*job, released map[int64]bool) {
 	lost := 0
 	var journaled, orphaned []Completion
+	var ev *settleEvents
+	if r.events != nil {
+		ev = &settleEvents{}
+		ev.sizes = [...]int{len(completes), len(fails), len(fails), len(releases), len(completes) + len(fails) + len(releases)}
+		defer ev.emit(r.events, r.cfg.Queue)
+	}
 	for _, j := range completes {
 		c := Completion{Ref: j.ref, CreatedAt: j.b.CreatedAt, Queue: j.b.Queue, Key: j.b.IdempotencyKey, Attempt: j.b.Attempt}
 		switch {
 		case completed[j.ref.ID]:
 			r.stats.completed.Add(1)
+			ev.add(evCompleted, j)
 			journaled = append(journaled, c)
 		case j.epoch != epoch || changed:
 			// The handler finished a batch claimed on a writer that has
@@ -441,9 +451,11 @@ func (r *Runner) settle(epoch int64, changed bool, completes []*job, completed m
 			// current writer, by id or by key, records the work that was
 			// done instead of running the batch again.
 			r.stats.completed.Add(1)
+			ev.add(evCompleted, j)
 			orphaned = append(orphaned, c)
 		default:
 			lost++
+			ev.add(evLost, j)
 			r.log.Warn("completion refused: lease lost", zap.Int64("batch", j.ref.ID))
 		}
 	}
@@ -456,20 +468,25 @@ func (r *Runner) settle(epoch int64, changed bool, completes []*job, completed m
 		switch {
 		case !ok:
 			lost++
+			ev.add(evLost, j)
 			r.log.Warn("failure not recorded: lease lost", zap.Int64("batch", j.ref.ID), zap.String("error", j.text))
 		case dead:
 			r.stats.dead.Add(1)
+			ev.add(evDead, j)
 			r.log.Warn("batch dead-lettered", zap.Int64("batch", j.ref.ID), zap.Int("attempt", j.b.Attempt), zap.String("error", j.text))
 		default:
 			r.stats.retried.Add(1)
+			ev.add(evRetried, j)
 			r.log.Debug("batch failed; will retry", zap.Int64("batch", j.ref.ID), zap.Int("attempt", j.b.Attempt), zap.String("error", j.text))
 		}
 	}
 	for _, j := range releases {
 		if released[j.ref.ID] {
 			r.stats.released.Add(1)
+			ev.add(evReleased, j)
 		} else {
 			lost++
+			ev.add(evLost, j)
 		}
 	}
 	r.stats.leaseLost.Add(int64(lost))
@@ -492,6 +509,13 @@ func (r *Runner) dispatch(claimed []batch.Batch, sent time.Time) {
 		return
 	}
 	r.stats.claimed.Add(int64(len(claimed)))
+	if r.events != nil {
+		bs := make([]EventBatch, len(claimed))
+		for i := range claimed {
+			bs[i] = EventBatch{ID: claimed[i].ID, Attempt: claimed[i].Attempt, CreatedAt: claimed[i].CreatedAt}
+		}
+		r.events.emit(Event{Kind: EventClaimed, Queue: r.cfg.Queue, Count: len(bs), Batches: bs})
+	}
 	r.log.Debug("claimed", zap.Int("batches", len(claimed)))
 	fenceAt := r.clock(sent.Add(r.cfg.LeaseDuration - r.cfg.FenceMargin))
 	var done []Completion // completions pending re-assertion after a writer change
@@ -548,4 +572,41 @@ func finishedBefore(done []Completion, b *batch.Batch) bool {
 		}
 	}
 	return false
+}
+
+// settleEvents gathers the events of one settle, when the client has an
+// OnEvent hook (a nil *settleEvents gathers nothing).
+type settleEvents struct {
+	lists [len(settleKinds)][]EventBatch
+	sizes [len(settleKinds)]int // the most each list can get: its capacity
+}
+
+// The lists of settleEvents, in the order their events go out.
+const (
+	evCompleted = iota
+	evRetried
+	evDead
+	evReleased
+	evLost
+)
+
+var settleKinds = [...]EventKind{EventCompleted, EventRetried, EventDeadLettered, EventReleased, EventLeaseLost}
+
+func (ev *settleEvents) add(list int, j *job) {
+	if ev == nil {
+		return
+	}
+	if ev.lists[list] == nil {
+		ev.lists[list] = make([]EventBatch, 0, ev.sizes[list])
+	}
+	ev.lists[list] = append(ev.lists[list], EventBatch{ID: j.ref.ID, Attempt: j.b.Attempt, CreatedAt: j.b.CreatedAt, Error: j.text})
+}
+
+// emit sends one event per kind that has batches.
+func (ev *settleEvents) emit(s *eventSink, queue string) {
+	for i, bs := range ev.lists {
+		if len(bs) > 0 {
+			s.emit(Event{Kind: settleKinds[i], Queue: queue, Count: len(bs), Batches: bs})
+		}
+	}
 }

@@ -47,6 +47,13 @@ type RunnerConfig struct {
 	// Handler delivers each batch. Required.
 	Handler HandlerFunc
 
+	// Middleware wraps Handler, the first element outermost (see
+	// MiddlewareFunc): each is called once, by NewRunner, and what it
+	// returns runs for every batch inside the runner's protection against
+	// panics, runtime.Goexit and handlers that never return. Defaults to
+	// none.
+	Middleware []MiddlewareFunc
+
 	// Concurrency is the runner's handler slots: the most handlers running
 	// at once, and the most batches it holds, 1..MaxConcurrency. The runner
 	// claims only for free slots, so a batch never waits in a runner for a

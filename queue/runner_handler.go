@@ -87,7 +87,7 @@ func (r *Runner) run(j *job) (keep bool) {
 			wakeUp(r.fenceKick)
 		}
 	}
-	err = r.cfg.Handler(j.ctx, &j.b)
+	err = r.handler(j.ctx, &j.b)
 	returned = true
 	return true
 }

@@ -128,10 +128,14 @@ func (r *Runner) renew(ctx context.Context, jobs []*job) error {
 		return err
 	}
 	fenceAt := r.clock(sent.Add(r.cfg.LeaseDuration - r.cfg.FenceMargin))
+	var extended []EventBatch
 	for _, j := range jobs {
 		switch {
 		case kept[j.ref]:
 			j.fenceAt.Store(fenceAt)
+			if r.events != nil {
+				extended = append(extended, EventBatch{ID: j.ref.ID, Attempt: j.b.Attempt, CreatedAt: j.b.CreatedAt})
+			}
 			if retaken[j.ref] {
 				r.stats.retaken.Add(1)
 				r.log.Warn("re-took a batch whose claim the writer had lost", zap.Int64("batch", j.ref.ID))
@@ -158,6 +162,9 @@ func (r *Runner) renew(ctx context.Context, jobs []*job) error {
 		}
 		r.orphanN.Store(int32(len(r.orphans)))
 		r.mu.Unlock()
+	}
+	if len(extended) > 0 {
+		r.events.emit(Event{Kind: EventLeaseExtended, Queue: r.cfg.Queue, Count: len(extended), Batches: extended})
 	}
 	r.log.Debug("leases renewed", zap.Int("batches", len(kept)), zap.Int("re_taken", len(retaken)))
 	return nil

@@ -285,6 +285,9 @@ func (r *Runner) reclaimLoop(ctx context.Context) {
 			}
 			if avail+dead > 0 {
 				r.stats.reclaimed.Add(int64(avail + dead))
+				if r.events != nil {
+					r.events.emit(Event{Kind: EventReclaimed, Queue: r.cfg.Queue, Count: avail + dead})
+				}
 				r.log.Info("reclaimed expired leases", zap.Int("available", avail), zap.Int("dead", dead))
 				r.fullClaimAsked.Store(true) // they keep their place in line, below the claim floor
 				wakeUp(r.kick)
