@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/skiplock/skiplock/queue"
+	"github.com/skiplock/skiplock/skiplockprom"
 )
 
 // config is the worker's configuration, from flags with environment
@@ -32,6 +33,7 @@ type config struct {
 	startTimeout    time.Duration
 	probeInterval   time.Duration
 	pollInterval    time.Duration
+	statsInterval   time.Duration
 	logLevel        zapcore.Level
 }
 
@@ -58,6 +60,7 @@ var envOf = map[string]string{
 	"start-timeout":    "SKIPLOCK_START_TIMEOUT",
 	"probe-interval":   "SKIPLOCK_PROBE_INTERVAL",
 	"poll-interval":    "SKIPLOCK_POLL_INTERVAL",
+	"stats-interval":   "SKIPLOCK_STATS_INTERVAL",
 	"log-level":        "SKIPLOCK_LOG_LEVEL",
 }
 
@@ -86,6 +89,8 @@ func parseConfig(args []string, getenv func(string) string, usageOut io.Writer) 
 	fs.DurationVar(&c.startTimeout, "start-timeout", startTimeoutDefault, "how long to wait at start for a writer to answer")
 	fs.DurationVar(&c.probeInterval, "probe-interval", 0, "how often the pool checks who the writer is (default 1s)")
 	fs.DurationVar(&c.pollInterval, "poll-interval", 0, "how often an idle runner looks for work without a wake-up (default 1s)")
+	fs.DurationVar(&c.statsInterval, "stats-interval", skiplockprom.StatsIntervalDefault,
+		"how long /metrics reuses the queue depth and age figures of one query (0 means the default)")
 	fs.TextVar(&c.logLevel, "log-level", zapcore.InfoLevel, "debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: worker [flags]\n\nEach flag falls back to its environment variable when not given.\n\n")
@@ -149,8 +154,8 @@ func (c *config) validate() error {
 		return fmt.Errorf("-start-timeout (SKIPLOCK_START_TIMEOUT) %s is not positive", c.startTimeout)
 	case c.handlerDuration < 0:
 		return fmt.Errorf("-handler-duration (SKIPLOCK_HANDLER_DURATION) %s is negative", c.handlerDuration)
-	case c.lease < 0 || c.probeInterval < 0 || c.pollInterval < 0:
-		return errors.New("-lease, -probe-interval and -poll-interval must not be negative")
+	case c.lease < 0 || c.probeInterval < 0 || c.pollInterval < 0 || c.statsInterval < 0:
+		return errors.New("-lease, -probe-interval, -poll-interval and -stats-interval must not be negative")
 	}
 	return nil
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/skiplock/skiplock/skiplockprom"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -33,11 +35,13 @@ func TestParseConfig(t *testing.T) {
 			require.Equal(t, httpAddrDefault, c.httpAddr)
 			require.False(t, c.migrate)
 			require.Equal(t, zapcore.InfoLevel, c.logLevel)
+			require.Equal(t, skiplockprom.StatsIntervalDefault, c.statsInterval)
 		}},
 		{name: "environment", env: map[string]string{
 			"DATABASE_URL": url, "SKIPLOCK_QUEUE": "q", "SKIPLOCK_SCHEMA": "s", "SKIPLOCK_CONCURRENCY": "3",
 			"SKIPLOCK_LEASE": "1m", "SKIPLOCK_DRAIN_TIMEOUT": "5s", "SKIPLOCK_HTTP_ADDR": ":9", "SKIPLOCK_MIGRATE": "true",
 			"SKIPLOCK_OWNER": "me", "SKIPLOCK_HANDLER_DURATION": "2ms", "SKIPLOCK_LOG_LEVEL": "debug",
+			"SKIPLOCK_STATS_INTERVAL": "1m30s",
 		}, check: func(t *testing.T, c *config) {
 			require.Equal(t, "q", c.queue)
 			require.Equal(t, "s", c.schema)
@@ -49,14 +53,17 @@ func TestParseConfig(t *testing.T) {
 			require.Equal(t, "me", c.owner)
 			require.Equal(t, 2*time.Millisecond, c.handlerDuration)
 			require.Equal(t, zapcore.DebugLevel, c.logLevel)
+			require.Equal(t, 90*time.Second, c.statsInterval)
 		}},
-		{name: "a flag wins over its variable", args: []string{"-queue", "flagq", "-concurrency", "7", "-migrate=false", "-http-addr", ""},
-			env: map[string]string{"DATABASE_URL": url, "SKIPLOCK_QUEUE": "envq", "SKIPLOCK_CONCURRENCY": "3", "SKIPLOCK_MIGRATE": "true", "SKIPLOCK_HTTP_ADDR": ":9"},
+		{name: "a flag wins over its variable", args: []string{"-queue", "flagq", "-concurrency", "7", "-migrate=false", "-http-addr", "", "-stats-interval", "2s"},
+			env: map[string]string{"DATABASE_URL": url, "SKIPLOCK_QUEUE": "envq", "SKIPLOCK_CONCURRENCY": "3", "SKIPLOCK_MIGRATE": "true", "SKIPLOCK_HTTP_ADDR": ":9",
+				"SKIPLOCK_STATS_INTERVAL": "1m"},
 			check: func(t *testing.T, c *config) {
 				require.Equal(t, "flagq", c.queue)
 				require.Equal(t, 7, c.concurrency)
 				require.False(t, c.migrate)
 				require.Empty(t, c.httpAddr, "an empty flag given on purpose is kept")
+				require.Equal(t, 2*time.Second, c.statsInterval)
 			}},
 	}
 	for _, tc := range cases {
@@ -82,6 +89,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{name: "bad level", env: map[string]string{"DATABASE_URL": url, "SKIPLOCK_LOG_LEVEL": "loud"}, want: "SKIPLOCK_LOG_LEVEL=loud"},
 		{name: "drain", env: map[string]string{"DATABASE_URL": url}, args: []string{"-drain-timeout", "0s"}, want: "-drain-timeout"},
 		{name: "negative duration", env: map[string]string{"DATABASE_URL": url}, args: []string{"-handler-duration", "-1s"}, want: "-handler-duration"},
+		{name: "bad stats interval", env: map[string]string{"DATABASE_URL": url, "SKIPLOCK_STATS_INTERVAL": "often"}, want: "SKIPLOCK_STATS_INTERVAL=often"},
+		{name: "negative stats interval", env: map[string]string{"DATABASE_URL": url}, args: []string{"-stats-interval", "-1s"}, want: "-stats-interval"},
 		{name: "argument", env: map[string]string{"DATABASE_URL": url}, args: []string{"extra"}, want: `unexpected argument "extra"`},
 	}
 	for _, tc := range cases {

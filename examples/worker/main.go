@@ -156,11 +156,17 @@ func start(ctx context.Context, cfg *config, pcfg *pgxpool.Config, owner string,
 	startCtx, cancel := context.WithTimeout(ctx, cfg.startTimeout)
 	defer cancel()
 
-	events := &failoverEvents{}
+	// The metrics come first: their hooks go into the pool, the client
+	// and the runner as these are built.
+	metrics, onPoolEvent, metricsHandler, err := newMetrics(cfg.statsInterval, log)
+	if err != nil {
+		log.Error("metrics", zap.Error(err))
+		return w, exitUsage
+	}
 	pool, err := failover.New(startCtx, &failover.Config{
 		PoolConfig:    pcfg,
 		Logger:        log,
-		OnEvent:       events.record,
+		OnEvent:       onPoolEvent,
 		ProbeInterval: cfg.probeInterval,
 	})
 	if err != nil {
@@ -168,6 +174,7 @@ func start(ctx context.Context, cfg *config, pcfg *pgxpool.Config, owner string,
 		return w, exitFailure
 	}
 	w.pool = pool
+	metrics.SetPool(pool)
 	if writer, ok := pool.Writer(); ok {
 		log.Info("connected to the writer", zap.Stringer("writer", writer))
 	}
@@ -186,12 +193,13 @@ func start(ctx context.Context, cfg *config, pcfg *pgxpool.Config, owner string,
 		log.Info("schema migrated", zap.Int("version", res.Version), zap.Ints("applied", res.Applied))
 	}
 
-	client, err := queue.New(pool, &queue.Config{Schema: cfg.schema, Logger: log})
+	client, err := queue.New(pool, &queue.Config{Schema: cfg.schema, Logger: log, OnEvent: metrics.QueueEvents(nil)})
 	if err != nil {
 		log.Error("queue client", zap.Error(err))
 		return w, usageOr(err)
 	}
 	w.client = client
+	metrics.SetClient(client)
 	runner, err := queue.NewRunner(client, &queue.RunnerConfig{
 		Queue:         cfg.queue,
 		Handler:       exampleHandler(log, cfg.handlerDuration),
@@ -199,12 +207,14 @@ func start(ctx context.Context, cfg *config, pcfg *pgxpool.Config, owner string,
 		LeaseDuration: cfg.lease,
 		PollInterval:  cfg.pollInterval,
 		Owner:         owner,
+		Middleware:    []queue.MiddlewareFunc{metrics.Middleware},
 	})
 	if err != nil {
 		log.Error("runner", zap.Error(err))
 		return w, usageOr(err)
 	}
 	w.runner = runner
+	metrics.AddRunner(runner)
 	w.health = &health{pool: pool, stopped: runner.Stopped(), log: log.Named("health")}
 
 	if cfg.httpAddr != "" {
@@ -213,8 +223,7 @@ func start(ctx context.Context, cfg *config, pcfg *pgxpool.Config, owner string,
 			log.Error("HTTP listen", zap.String("addr", cfg.httpAddr), zap.Error(err))
 			return w, exitFailure
 		}
-		w.srv = newHTTPServer(cfg.httpAddr, w.health,
-			metricsHandler(cfg.queue, cfg.concurrency, runner, client, pool, events))
+		w.srv = newHTTPServer(cfg.httpAddr, w.health, metricsHandler)
 		log.Info("HTTP listening", zap.String("addr", ln.Addr().String()))
 		go func() {
 			if err := w.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {

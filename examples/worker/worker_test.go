@@ -230,9 +230,21 @@ func TestDrainDeadlineReleases(t *testing.T) {
 	ids := d.enqueue(t, 10)
 	w := startWorker(t, "worker-slow", map[string]string{"DATABASE_URL": d.srv.ConnString("postgres")},
 		"-schema", testSchema, "-queue", testQueue, "-concurrency", "4", "-handler-duration", "1h",
-		"-drain-timeout", "1s", "-lease", "10s", "-owner", "worker-slow", "-http-addr", "127.0.0.1:0")
+		"-drain-timeout", "1s", "-lease", "10s", "-owner", "worker-slow", "-http-addr", "127.0.0.1:0",
+		"-stats-interval", "1ms")
 	waitStatus(t, w.baseURL()+"/readyz", 200, time.Minute)
 	pgtest.WaitFor(t, time.Minute, "4 batches held", func() bool { return d.runningOf(t, "worker-slow") == 4 })
+
+	// The queue's depth on /metrics; with -stats-interval 1ms (the default
+	// is 15s) every scrape runs the depth query again.
+	code, body := get(w.baseURL() + "/metrics")
+	require.Equal(t, 200, code)
+	require.Equal(t, 4.0, metricValue(t, body, `skiplock_queue_batches{queue="clicks",state="running"}`))
+	require.Equal(t, 6.0, metricValue(t, body, `skiplock_queue_batches{queue="clicks",state="available"}`))
+	queries := metricValue(t, body, "skiplock_queue_stats_queries_total")
+	time.Sleep(5 * time.Millisecond) // outlast -stats-interval
+	_, body = get(w.baseURL() + "/metrics")
+	require.Equal(t, queries+1, metricValue(t, body, "skiplock_queue_stats_queries_total"), "a depth query per scrape")
 
 	t0 := time.Now()
 	w.signal(syscall.SIGTERM)
@@ -276,31 +288,61 @@ func TestSecondSignalHurries(t *testing.T) {
 
 // TestHTTPEndpoints checks /healthz, /readyz and /metrics, with /readyz
 // following the database: 503 while the node is read-only or down, 200
-// again when a writer is back, while /healthz stays 200.
+// again when a writer is back, while /healthz stays 200. The metrics are
+// skiplockprom's, fed by the hooks the worker hands to the pool, the client
+// and the runner.
 func TestHTTPEndpoints(t *testing.T) {
 	d := newDB(t, nil)
 	ctx := testContext(t)
+	// -stats-interval 1h: the depth query runs at the first scrape only, so
+	// later scrapes never wait on a database in trouble (TestDrainDeadlineReleases
+	// checks a short interval).
 	w := startWorker(t, "worker-http", map[string]string{"DATABASE_URL": d.srv.ConnString("postgres")},
-		"-schema", testSchema, "-queue", testQueue, "-http-addr", "127.0.0.1:0", "-probe-interval", "200ms")
+		"-schema", testSchema, "-queue", testQueue, "-http-addr", "127.0.0.1:0", "-probe-interval", "200ms",
+		"-stats-interval", "1h")
 	url := w.baseURL()
 	require.Equal(t, "ready\n", waitStatus(t, url+"/readyz", 200, time.Minute))
 	code, body := get(url + "/healthz")
 	require.Equal(t, 200, code)
 	require.Equal(t, "ok\n", body)
+	writerInfo := fmt.Sprintf(`skiplock_writer_info{server="%s:%d"}`, d.srv.Host(), d.srv.Port())
 
 	d.enqueue(t, 20)
 	pgtest.WaitFor(t, time.Minute, "20 batches processed", func() bool { return len(w.logs("processed batch")) == 20 })
-	code, body = get(url + "/metrics")
-	require.Equal(t, 200, code)
-	for _, name := range []string{metricBatches, metricHandlerTrouble, metricRoundTripErrors, metricReclaimed,
-		metricRunning, metricSlots, metricStuck, metricJournalEntries, metricJournalPending, metricJournalReasserted,
-		metricGeneration, metricWriterVerified, metricFailoverEvents, "go_goroutines", "process_cpu_seconds_total"} {
+	// The handlers log before their completions are acknowledged and the
+	// events counted: wait for the last figure the completions feed.
+	pgtest.WaitFor(t, 10*time.Second, "20 completions counted", func() bool {
+		code, body = get(url + "/metrics")
+		return code == 200 && strings.Contains(body, "\n"+`skiplock_batch_completion_latency_seconds_count{queue="clicks"} 20`+"\n")
+	})
+	for _, name := range []string{"skiplock_batches_claimed_total", "skiplock_batches_completed_total",
+		"skiplock_handler_duration_seconds", "skiplock_batch_completion_latency_seconds", "skiplock_runner_slots",
+		"skiplock_runner_slots_busy", "skiplock_pool_generation", "skiplock_pool_rebuilds_total",
+		"skiplock_pool_writerless_seconds_total", "skiplock_writer_info", "skiplock_journal_pending",
+		"skiplock_reasserted_completions_total", "skiplock_queue_stats_queries_total", "skiplock_events_dropped_total",
+		metricFailoverEvents, "go_goroutines", "process_cpu_seconds_total"} {
 		require.Contains(t, body, "\n# TYPE "+name+" ", "metric %s", name)
 	}
-	require.Contains(t, body, metricBatches+`{outcome="completed",queue="clicks"} 20`)
-	require.Contains(t, body, metricSlots+`{queue="clicks"} 16`)
-	require.Contains(t, body, metricWriterVerified+" 1")
-	require.Contains(t, body, metricFailoverEvents+`{kind="generation_ready"} 1`)
+	for _, m := range []struct {
+		series string
+		want   float64
+	}{
+		{`skiplock_batches_claimed_total{queue="clicks"}`, 20},
+		{`skiplock_batches_completed_total{queue="clicks"}`, 20},
+		{`skiplock_handler_duration_seconds_count{outcome="ok",queue="clicks"}`, 20},
+		{`skiplock_runner_slots{queue="clicks"}`, 16},
+		{`skiplock_runner_slots_busy{queue="clicks"}`, 0},
+		{"skiplock_pool_generation", 1},
+		{"skiplock_pool_rebuilds_total", 0},
+		{"skiplock_pool_writerless_seconds_total", 0},
+		{writerInfo, 1},
+		{metricFailoverEvents + `{kind="generation_ready"}`, 1},
+		{metricFailoverEvents + `{kind="stale_writer"}`, 0},
+		{"skiplock_queue_stats_queries_total", 1},
+		{"skiplock_events_dropped_total", 0},
+	} {
+		require.Equal(t, m.want, metricValue(t, body, m.series), m.series)
+	}
 
 	// The node turns read-only (ALTER SYSTEM SET default_transaction_read_only
 	// = on and a reload): /readyz says so at once, and once the pool's probe
@@ -308,8 +350,9 @@ func TestHTTPEndpoints(t *testing.T) {
 	require.NoError(t, d.srv.DemoteReadOnly(ctx))
 	waitStatus(t, url+"/readyz", 503, 15*time.Second)
 	pgtest.WaitFor(t, 15*time.Second, "the pool to retire the read-only writer", func() bool {
-		_, body := get(url + "/metrics")
-		return strings.Contains(body, "\n"+metricWriterVerified+" 0\n")
+		code, body := get(url + "/metrics")
+		return code == 200 && strings.Contains(body, "\n# TYPE skiplock_pool_generation ") &&
+			!strings.Contains(body, "\nskiplock_writer_info{")
 	})
 	code, body = get(url + "/readyz")
 	require.Equal(t, 503, code)
@@ -320,7 +363,18 @@ func TestHTTPEndpoints(t *testing.T) {
 	require.NoError(t, d.srv.UndoReadOnly(ctx))
 	waitStatus(t, url+"/readyz", 200, 30*time.Second)
 	_, body = get(url + "/metrics")
-	require.Equal(t, 2.0, metricValue(t, body, metricGeneration))
+	require.Equal(t, 2.0, metricValue(t, body, "skiplock_pool_generation"))
+	require.Equal(t, 1.0, metricValue(t, body, "skiplock_pool_rebuilds_total"))
+	require.Equal(t, 1.0, metricValue(t, body, writerInfo))
+	// The pool's events arrive on their own goroutine: wait for the second
+	// generation_ready, which closes the time without a writer.
+	pgtest.WaitFor(t, 10*time.Second, "the pool's events of the read-only stretch to be counted", func() bool {
+		_, body = get(url + "/metrics")
+		return metricValue(t, body, metricFailoverEvents+`{kind="generation_ready"}`) == 2
+	})
+	require.GreaterOrEqual(t, metricValue(t, body, metricFailoverEvents+`{kind="stale_writer"}`), 1.0)
+	require.Greater(t, metricValue(t, body, "skiplock_pool_writerless_seconds_total"), 0.0,
+		"time without a writer, from PoolEvents")
 
 	// The server goes down, then comes back.
 	require.NoError(t, d.srv.Stop(ctx))
@@ -330,7 +384,10 @@ func TestHTTPEndpoints(t *testing.T) {
 	require.NoError(t, d.srv.Restart(ctx))
 	waitStatus(t, url+"/readyz", 200, 30*time.Second)
 	_, body = get(url + "/metrics")
-	require.GreaterOrEqual(t, metricValue(t, body, metricGeneration), 3.0, "a new generation on the restarted server")
+	require.GreaterOrEqual(t, metricValue(t, body, "skiplock_pool_generation"), 3.0, "a new generation on the restarted server")
+	require.Equal(t, 1.0, metricValue(t, body, writerInfo))
+	require.Equal(t, 16.0, metricValue(t, body, `skiplock_runner_slots{queue="clicks"}`))
+	require.Equal(t, 1.0, metricValue(t, body, "skiplock_queue_stats_queries_total"), "one depth query per -stats-interval")
 
 	// Work still flows after all that.
 	d.enqueue2(t, 5)
@@ -350,17 +407,18 @@ func (d *db) enqueue2(t *testing.T, n int) {
 	}
 }
 
-// metricValue returns the value of an unlabelled metric in a scrape.
-func metricValue(t *testing.T, scrape, name string) float64 {
+// metricValue returns the value of one series in a scrape: a metric's
+// name, followed by its labels (in name order) if it has any.
+func metricValue(t *testing.T, scrape, series string) float64 {
 	t.Helper()
 	for _, l := range strings.Split(scrape, "\n") {
-		if v, ok := strings.CutPrefix(l, name+" "); ok {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			require.NoError(t, err)
 			return f
 		}
 	}
-	t.Fatalf("metric %s not in the scrape", name)
+	t.Fatalf("series %s not in the scrape", series)
 	return 0
 }
 
