@@ -1,21 +1,16 @@
 package skiplockprom_test
 
 import (
-	"net"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/skiplock/skiplock/batch"
-	"github.com/skiplock/skiplock/failover"
 	"github.com/skiplock/skiplock/internal/pgtest"
 	"github.com/skiplock/skiplock/queue"
-	"github.com/skiplock/skiplock/skiplockprom"
 )
 
 // TestMetricsThroughCommitLoss loses acknowledged enqueues for real: the
@@ -31,31 +26,8 @@ func TestMetricsThroughCommitLoss(t *testing.T) {
 	}
 	t.Parallel()
 	ctx := testContext(t)
-	primary, replica := pgtest.NewPair(t, nil)
-	addr := func(s *pgtest.Server) string { return net.JoinHostPort(s.Host(), strconv.Itoa(s.Port())) }
-	proxy := pgtest.NewTestProxy(t, addr(primary))
-	const schema = "skiplock"
-	migrate(t, newPool(t, primary.ConnString("postgres")), schema)
-
-	m, err := skiplockprom.New(&skiplockprom.Config{StatsInterval: 100 * time.Millisecond})
-	require.NoError(t, err)
-	pcfg, err := pgxpool.ParseConfig(proxy.ConnString("postgres"))
-	require.NoError(t, err)
-	pcfg.MaxConns = 4
-	fp, err := failover.New(ctx, &failover.Config{
-		PoolConfig: pcfg, ProbeInterval: 100 * time.Millisecond, RebuildBackoff: 50 * time.Millisecond,
-		WriterWait: time.Second, OnEvent: m.PoolEvents(nil),
-	})
-	require.NoError(t, err)
-	t.Cleanup(fp.Close)
-	client, err := queue.New(fp, &queue.Config{Schema: schema, OnEvent: m.QueueEvents(nil)})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = client.Close() })
-	m.SetPool(fp)
-	m.SetClient(client)
-	reg := prometheus.NewPedanticRegistry()
-	require.NoError(t, reg.Register(m))
-	url := endpoint(t, reg)
+	rg := newRig(t, ctx, 4)
+	primary, replica, proxy, client, url := rg.primary, rg.replica, rg.proxy, rg.client, rg.url
 
 	enqueue := func(from, n int) {
 		for i := from; i < from+n; i++ {
@@ -85,7 +57,7 @@ func TestMetricsThroughCommitLoss(t *testing.T) {
 
 	// The new writer really lacks the last enqueues; the endpoint still
 	// reaches the dead primary, so the client cannot have re-asserted yet.
-	tbl := pgx.Identifier{schema, "batch"}.Sanitize()
+	tbl := pgx.Identifier{rigSchema, "batch"}.Sanitize()
 	count := func() int {
 		var n int
 		require.NoError(t, promoted.QueryRow(ctx, "SELECT count(*) FROM "+tbl+" WHERE queue = 'loss'").Scan(&n))
@@ -95,7 +67,7 @@ func TestMetricsThroughCommitLoss(t *testing.T) {
 	before := scrapeOnce(t, url)
 	requireCounter(t, before, "skiplock_reasserted_enqueues_total", 0)
 
-	proxy.SetTarget(addr(replica))
+	proxy.SetTarget(rigAddr(replica))
 	pgtest.WaitFor(t, 30*time.Second, "the lost enqueues re-asserted", func() bool {
 		js := client.JournalStats()
 		return js.Pending == 0 && js.Reasserted >= lost

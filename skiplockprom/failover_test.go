@@ -36,26 +36,9 @@ func TestMetricsThroughFailover(t *testing.T) {
 	}
 	t.Parallel()
 	ctx := testContext(t)
-	primary, replica := pgtest.NewPair(t, nil)
-	addr := func(s *pgtest.Server) string { return net.JoinHostPort(s.Host(), strconv.Itoa(s.Port())) }
-	proxy := pgtest.NewTestProxy(t, addr(primary))
-	const schema = "skiplock"
-	migrate(t, newPool(t, primary.ConnString("postgres")), schema)
-
-	m, err := skiplockprom.New(&skiplockprom.Config{StatsInterval: 100 * time.Millisecond})
-	require.NoError(t, err)
-	pcfg, err := pgxpool.ParseConfig(proxy.ConnString("postgres"))
-	require.NoError(t, err)
-	pcfg.MaxConns = 8
-	fp, err := failover.New(ctx, &failover.Config{
-		PoolConfig: pcfg, ProbeInterval: 100 * time.Millisecond, RebuildBackoff: 50 * time.Millisecond,
-		WriterWait: time.Second, OnEvent: m.PoolEvents(nil),
-	})
-	require.NoError(t, err)
-	t.Cleanup(fp.Close)
-	client, err := queue.New(fp, &queue.Config{Schema: schema, OnEvent: m.QueueEvents(nil)})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = client.Close() })
+	rg := newRig(t, ctx, 8)
+	primary, replica, proxy, m, fp, client := rg.primary, rg.replica, rg.proxy, rg.m, rg.fp, rg.client
+	addr, schema := rigAddr, rigSchema
 	r, err := queue.NewRunner(client, &queue.RunnerConfig{
 		Queue: "load", Concurrency: 8, PollInterval: 20 * time.Millisecond,
 		Middleware: []queue.MiddlewareFunc{m.Middleware},
@@ -80,12 +63,8 @@ func TestMetricsThroughFailover(t *testing.T) {
 			cancel()
 		}
 	}()
-	m.SetPool(fp)
-	m.SetClient(client)
 	m.AddRunner(r)
-	reg := prometheus.NewPedanticRegistry()
-	require.NoError(t, reg.Register(m))
-	url := endpoint(t, reg)
+	url := rg.url
 
 	// Load: one producer enqueueing keyed batches until told to stop.
 	var enqueued atomic.Int64
@@ -199,6 +178,53 @@ func TestMetricsThroughFailover(t *testing.T) {
 
 	// Depth and age against the same SQL: some batches in every state.
 	checkDepth(t, ctx, client, promoted, schema, url)
+}
+
+// rigSchema is the schema the rig migrates and its client uses.
+const rigSchema = "skiplock"
+
+// rig is a real primary and streaming replica behind a proxy (the cluster
+// endpoint), a failover pool on the proxy, a client, and a Metrics wired to
+// both and served over HTTP at url.
+type rig struct {
+	primary, replica *pgtest.Server
+	proxy            *pgtest.Proxy
+	m                *skiplockprom.Metrics
+	fp               *failover.Pool
+	client           *queue.Client
+	url              string
+}
+
+func rigAddr(s *pgtest.Server) string { return net.JoinHostPort(s.Host(), strconv.Itoa(s.Port())) }
+
+func newRig(t *testing.T, ctx context.Context, maxConns int32) *rig {
+	t.Helper()
+	rg := &rig{}
+	rg.primary, rg.replica = pgtest.NewPair(t, nil)
+	rg.proxy = pgtest.NewTestProxy(t, rigAddr(rg.primary))
+	migrate(t, newPool(t, rg.primary.ConnString("postgres")), rigSchema)
+
+	var err error
+	rg.m, err = skiplockprom.New(&skiplockprom.Config{StatsInterval: 100 * time.Millisecond})
+	require.NoError(t, err)
+	pcfg, err := pgxpool.ParseConfig(rg.proxy.ConnString("postgres"))
+	require.NoError(t, err)
+	pcfg.MaxConns = maxConns
+	rg.fp, err = failover.New(ctx, &failover.Config{
+		PoolConfig: pcfg, ProbeInterval: 100 * time.Millisecond, RebuildBackoff: 50 * time.Millisecond,
+		WriterWait: time.Second, OnEvent: rg.m.PoolEvents(nil),
+	})
+	require.NoError(t, err)
+	t.Cleanup(rg.fp.Close)
+	rg.client, err = queue.New(rg.fp, &queue.Config{Schema: rigSchema, OnEvent: rg.m.QueueEvents(nil)})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = rg.client.Close() })
+	rg.m.SetPool(rg.fp)
+	rg.m.SetClient(rg.client)
+	reg := prometheus.NewPedanticRegistry()
+	require.NoError(t, reg.Register(rg.m))
+	rg.url = endpoint(t, reg)
+	return rg
 }
 
 // requireCounter checks a counter that is absent until its first event.

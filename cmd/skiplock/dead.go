@@ -87,12 +87,7 @@ func (a *app) deadChange(cmd *cobra.Command, queueName string, args []string, ve
 	if err != nil {
 		return err
 	}
-	ctx, cancel, err := a.commandContext(cmd)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	c, done, err := a.client(ctx)
+	ctx, c, done, err := a.connect(cmd)
 	if err != nil {
 		return err
 	}

@@ -61,12 +61,7 @@ func (a *app) listBatches(cmd *cobra.Command, p pageFlags, list func(context.Con
 	if p.limit < 1 || p.limit > queue.MaxListLimit {
 		return usageErrorf("--limit %d: must be 1..%d", p.limit, queue.MaxListLimit)
 	}
-	ctx, cancel, err := a.commandContext(cmd)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	c, done, err := a.client(ctx)
+	ctx, c, done, err := a.connect(cmd)
 	if err != nil {
 		return err
 	}
@@ -111,12 +106,7 @@ func (a *app) showCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel, err := a.commandContext(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			c, done, err := a.client(ctx)
+			ctx, c, done, err := a.connect(cmd)
 			if err != nil {
 				return err
 			}

@@ -21,12 +21,7 @@ func (a *app) pauseCommand(verb string) *cobra.Command {
 			if name == "" {
 				return usageErrorf("empty queue name")
 			}
-			ctx, cancel, err := a.commandContext(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			c, done, err := a.client(ctx)
+			ctx, c, done, err := a.connect(cmd)
 			if err != nil {
 				return err
 			}

@@ -37,12 +37,7 @@ batches may run twice.`,
 			if err := requireFlag("owner", owner); err != nil {
 				return err
 			}
-			ctx, cancel, err := a.commandContext(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			c, done, err := a.client(ctx)
+			ctx, c, done, err := a.connect(cmd)
 			if err != nil {
 				return err
 			}

@@ -287,6 +287,24 @@ func (a *app) client(ctx context.Context) (*queue.Client, func(), error) {
 	}, nil
 }
 
+// connect checks the global flags, connects and returns the command's
+// context and a client; done closes both and cancels the context.
+func (a *app) connect(cmd *cobra.Command) (context.Context, *queue.Client, func(), error) {
+	ctx, cancel, err := a.commandContext(cmd)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c, closeClient, err := a.client(ctx)
+	if err != nil {
+		cancel()
+		return nil, nil, nil, err
+	}
+	return ctx, c, func() {
+		closeClient()
+		cancel()
+	}, nil
+}
+
 // requireFlag rejects an empty required flag before connecting.
 func requireFlag(name, value string) error {
 	if value == "" {

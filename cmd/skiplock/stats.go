@@ -23,11 +23,6 @@ func (a *app) statsCommand() *cobra.Command {
 		Short: "Per queue: available, scheduled, running, expired leases, dead, age of the oldest runnable batch, paused",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel, err := a.commandContext(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
 			name := ""
 			if len(args) == 1 {
 				if args[0] == "" {
@@ -35,7 +30,7 @@ func (a *app) statsCommand() *cobra.Command {
 				}
 				name = args[0]
 			}
-			c, done, err := a.client(ctx)
+			ctx, c, done, err := a.connect(cmd)
 			if err != nil {
 				return err
 			}
