@@ -131,6 +131,19 @@ func (c *Client) requeueDeadRetried(ctx context.Context, queue string, ids []int
 // maxNamedIDs bounds how many ids an error message lists.
 const maxNamedIDs = 10
 
+// notDeadError is the ErrNotFound of an all-or-nothing change of dead
+// batches (requeue, delete) that found ids which are not dead batches of
+// the queue; it names at most maxNamedIDs of them.
+func notDeadError(verb, past, queue string, absent []int64) error {
+	named := absent[:min(len(absent), maxNamedIDs)]
+	more := ""
+	if len(absent) > len(named) {
+		more = fmt.Sprintf(" and %d more", len(absent)-len(named))
+	}
+	return fmt.Errorf("%s dead %q: batches %v%s are not dead batches of the queue; nothing %s: %w",
+		verb, short(queue), named, more, past, ErrNotFound)
+}
+
 func (c *Client) requeueDead(ctx context.Context, q querier, queue string, ids []int64) (int, error) {
 	if err := validQueue("requeue", queue); err != nil {
 		return 0, err
@@ -143,13 +156,7 @@ func (c *Client) requeueDead(ctx context.Context, q querier, queue string, ids [
 		return 0, fmt.Errorf("requeue dead %q: %w", short(queue), err)
 	}
 	if len(absent) > 0 {
-		named := absent[:min(len(absent), maxNamedIDs)]
-		more := ""
-		if len(absent) > len(named) {
-			more = fmt.Sprintf(" and %d more", len(absent)-len(named))
-		}
-		return 0, fmt.Errorf("requeue dead %q: batches %v%s are not dead batches of the queue; nothing requeued: %w",
-			short(queue), named, more, ErrNotFound)
+		return 0, notDeadError("requeue", "requeued", queue, absent)
 	}
 	return int(n), nil
 }
@@ -218,13 +225,7 @@ func (c *Client) deleteDead(ctx context.Context, q querier, queue string, ids []
 		return 0, fmt.Errorf("delete dead %q: %w", short(queue), err)
 	}
 	if len(absent) > 0 {
-		named := absent[:min(len(absent), maxNamedIDs)]
-		more := ""
-		if len(absent) > len(named) {
-			more = fmt.Sprintf(" and %d more", len(absent)-len(named))
-		}
-		return 0, fmt.Errorf("delete dead %q: batches %v%s are not dead batches of the queue; nothing deleted: %w",
-			short(queue), named, more, ErrNotFound)
+		return 0, notDeadError("delete", "deleted", queue, absent)
 	}
 	return int(n), nil
 }
