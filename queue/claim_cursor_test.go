@@ -61,6 +61,12 @@ func TestClaimCursor(t *testing.T) {
 	require.False(t, full)
 	full, _, _ = c.next(t0.Add(11900*time.Millisecond), false)
 	require.True(t, full)
+	// A full claim of 2 s (an old snapshot's dead entries): 100 s apart.
+	c.done(nil, time.Time{}, t0.Add(11900*time.Millisecond), 2*time.Second)
+	full, _, _ = c.next(t0.Add(111800*time.Millisecond), false)
+	require.False(t, full, "2 s full claims stay 2 %% of the runner's time")
+	full, _, _ = c.next(t0.Add(111900*time.Millisecond), false)
+	require.True(t, full)
 	c.done(nil, time.Time{}, t0.Add(11900*time.Millisecond), time.Minute)
 	full, _, _ = c.next(t0.Add(11900*time.Millisecond+fullScanMax), false)
 	require.True(t, full, "never further apart than fullScanMax")

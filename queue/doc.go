@@ -42,11 +42,15 @@
 // priorities apart), so a claim costs about the batches it takes plus those
 // finished in the last second, however old the oldest snapshot is; it reads
 // from the head at start, after a writer change or a reclaim, and otherwise
-// every second, or less often while such full claims are slow (up to every
-// 30 s). Batches that become claimable below the floor wait for the next
-// full claim: released and reclaimed batches (they keep their place in
-// line), batches enqueued with a RunAt in the past, and enqueues whose
-// transaction took over a second. Reclaims of expired leases look back only
+// every second, or less often while such full claims are slow (50 times
+// as long as the last one took, up to every 5 minutes, so that they take
+// about 2 % of a runner's time however many dead entries they walk).
+// Batches that become claimable below the floor wait for the next full
+// claim: released and reclaimed batches (they keep their place in line),
+// batches enqueued with a RunAt in the past, and enqueues whose transaction
+// took longer than the floor's lag (a quarter of a second at first,
+// adapting between 50 ms and 5 s). Under a snapshot that is half an hour
+// old such a batch can wait minutes. Reclaims of expired leases look back only
 // to the runner's previous reclaim in the same way, and a runner vacuums the
 // hot table less often while its vacuums cannot remove what they find.
 // Client.Claim always reads from the head.
