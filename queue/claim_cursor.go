@@ -3,6 +3,7 @@ package queue
 import (
 	"cmp"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/skiplock/skiplock/batch"
@@ -62,28 +63,87 @@ const (
 	fullScanCost      = 50
 )
 
-// claimCursor is a runner's claim floor. Only the claim loop uses it.
-type claimCursor struct {
-	valid     bool
-	priority  int16
-	runAt     time.Time
-	lastFull  time.Time
-	fullEvery time.Duration
-	lag       time.Duration // 0: claimFloorLagInit
-	full      bool          // the claim in flight is a full one
+// claimPace is what the runners of one client that serve one queue share
+// of their claim floors: when the last full claim of any of them began and
+// how far apart full claims are to be, and the floor's lag. One full claim
+// claims, for all of them, what waited below their floors, so a client's
+// runners of a queue together make one full claim per interval, not one
+// each (under an old snapshot each one walks every dead entry since the
+// snapshot began); and how late enqueues commit is a property of the
+// producers, not of one runner.
+type claimPace struct {
+	mu    sync.Mutex
+	last  time.Time // start of the last full claim
+	every time.Duration
+	lag   time.Duration // 0: claimFloorLagInit
 }
 
-func (c *claimCursor) floorLag() time.Duration {
-	if c.lag == 0 {
+// take reports whether a full claim is due at now (or forced), and if so
+// records that one begins.
+func (p *claimPace) take(now time.Time, forced bool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !forced && now.Sub(p.last) < max(p.every, fullScanMin) {
+		return false
+	}
+	p.last = now
+	return true
+}
+
+// fullDone records a full claim that took took and whether it found a
+// batch that its runner's floor had missed.
+func (p *claimPace) fullDone(took time.Duration, adapt, missed bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.every = min(max(took*fullScanCost, fullScanMin), fullScanMax)
+	if !adapt {
+		return
+	}
+	if missed {
+		p.lag = min(2*p.lagLocked(), claimFloorLagMax)
+	} else {
+		p.lag = max(p.lagLocked()*3/4, claimFloorLagMin)
+	}
+}
+
+func (p *claimPace) floorLag() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lagLocked()
+}
+
+func (p *claimPace) lagLocked() time.Duration {
+	if p.lag == 0 {
 		return claimFloorLagInit
 	}
-	return c.lag
+	return p.lag
+}
+
+// claimCursor is a runner's claim floor. Only the claim loop uses it; its
+// pace is shared (see claimPace).
+type claimCursor struct {
+	valid    bool
+	priority int16
+	runAt    time.Time
+	full     bool // the claim in flight is a full one
+	pace     *claimPace
+}
+
+func (c *claimCursor) floorLag() time.Duration { return c.shared().floorLag() }
+
+func (c *claimCursor) shared() *claimPace {
+	if c.pace == nil {
+		c.pace = &claimPace{}
+	}
+	return c.pace
 }
 
 // next reports whether the next claim must be a full one (and remembers it
-// until done), and the floor of a floored one.
+// until done), and the floor of a floored one. A runner without a floor
+// (at start, after a reset) or asked to makes a full claim whatever the
+// others did.
 func (c *claimCursor) next(now time.Time, asked bool) (full bool, priority int16, runAt time.Time) {
-	c.full = asked || !c.valid || now.Sub(c.lastFull) >= max(c.fullEvery, fullScanMin)
+	c.full = c.shared().take(now, asked || !c.valid)
 	return c.full, c.priority, c.runAt
 }
 
@@ -96,22 +156,15 @@ func (c *claimCursor) next(now time.Time, asked bool) (full bool, priority int16
 // the floor at the default priority and the database's clock, less the lag:
 // whatever is enqueued from then on is above it. The floor
 // never moves down.
-func (c *claimCursor) done(claimed []batch.Batch, dbNow time.Time, sent time.Time, took time.Duration) {
+func (c *claimCursor) done(claimed []batch.Batch, dbNow time.Time, took time.Duration) {
+	pace := c.shared()
 	if c.full {
-		c.lastFull = sent
-		c.fullEvery = min(max(took*fullScanCost, fullScanMin), fullScanMax)
-		if c.valid {
-			missed := slices.ContainsFunc(claimed, func(b batch.Batch) bool {
-				return b.Attempt == 1 && b.Priority == c.priority && b.RunAt.Before(c.runAt)
-			})
-			if missed {
-				c.lag = min(2*c.floorLag(), claimFloorLagMax)
-			} else {
-				c.lag = max(c.floorLag()*3/4, claimFloorLagMin)
-			}
-		}
+		missed := c.valid && slices.ContainsFunc(claimed, func(b batch.Batch) bool {
+			return b.Attempt == 1 && b.Priority == c.priority && b.RunAt.Before(c.runAt)
+		})
+		pace.fullDone(took, c.valid, missed)
 	}
-	lag := c.floorLag()
+	lag := pace.floorLag()
 	var p int16
 	var at time.Time
 	switch {

@@ -64,8 +64,26 @@ type Client struct {
 
 	runnersMu sync.Mutex
 	runners   map[*Runner]struct{} // started and not yet stopped
-	quit      chan struct{}
-	bg        sync.WaitGroup
+
+	pacesMu sync.Mutex
+	paces   map[string]*claimPace // per queue: the full claims and floor lag its runners share
+	quit    chan struct{}
+	bg      sync.WaitGroup
+}
+
+// claimPace returns the claim pace the client's runners of queue share.
+func (c *Client) claimPace(queue string) *claimPace {
+	c.pacesMu.Lock()
+	defer c.pacesMu.Unlock()
+	if c.paces == nil {
+		c.paces = map[string]*claimPace{}
+	}
+	p := c.paces[queue]
+	if p == nil {
+		p = &claimPace{}
+		c.paces[queue] = p
+	}
+	return p
 }
 
 // New returns a Client on db. It does not touch the database; tables must

@@ -44,7 +44,9 @@
 // from the head at start, after a writer change or a reclaim, and otherwise
 // every second, or less often while such full claims are slow (50 times
 // as long as the last one took, up to every 5 minutes, so that they take
-// about 2 % of a runner's time however many dead entries they walk).
+// about 2 % of a runner's time however many dead entries they walk). The
+// runners of one Client that serve the same queue share that interval: one
+// of them makes the full claim for all, and they share the floor's lag.
 // Batches that become claimable below the floor wait for the next full
 // claim: released and reclaimed batches (they keep their place in line),
 // batches enqueued with a RunAt in the past, and enqueues whose transaction

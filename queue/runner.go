@@ -84,8 +84,10 @@ type Runner struct {
 
 	results chan *job     // handlers report here; capacity Concurrency
 	kick    chan struct{} // internal wake-ups (reclaimed leases)
-	// cursor is the claim floor (claim loop only); fullClaimAsked makes the
-	// next claim a full one (set by the reclaim loop).
+	// cursor is the claim floor (claim loop only; its pace is the client's
+	// for the queue, shared with the client's other runners of it);
+	// fullClaimAsked makes the next claim a full one (set by the reclaim
+	// loop).
 	cursor         claimCursor
 	fullClaimAsked atomic.Bool
 	// troubleAt is when the runner last failed to reach a writer or saw the
@@ -283,6 +285,7 @@ func NewRunner(c *Client, cfg *RunnerConfig) (*Runner, error) {
 		loopDone:   make(chan struct{}),
 		stopped:    make(chan struct{}),
 		rtTimeout:  min(c.cfg.OpTimeout, max(cfg.LeaseDuration/3, time.Second)),
+		cursor:     claimCursor{pace: c.claimPace(cfg.Queue)},
 		work:       make(chan *job, cfg.Concurrency),
 		epoch:      time.Now(),
 		fenceKick:  make(chan struct{}, 1),

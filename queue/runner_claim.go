@@ -288,7 +288,7 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 		if err != nil {
 			r.cursor.reset()
 		} else {
-			r.cursor.done(claimed, dbNow, sent, time.Since(sent))
+			r.cursor.done(claimed, dbNow, time.Since(sent))
 			if full {
 				r.stats.fullClaims.Add(1)
 			} else {
