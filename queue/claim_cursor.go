@@ -76,6 +76,8 @@ type claimPace struct {
 	last  time.Time // start of the last full claim
 	every time.Duration
 	lag   time.Duration // 0: claimFloorLagInit
+
+	reclaim reclaimFloor // the runners' reclaims of expired leases
 }
 
 // take reports whether a full claim is due at now (or forced), and if so
@@ -191,24 +193,30 @@ func (c *claimCursor) reset() { c.valid = false }
 // looks: leases written by a transaction still in flight then.
 const reclaimMargin = 2 * time.Second
 
-// reclaimFloor paces a runner's reclaims of expired leases the same way.
-// Their scan reads the lease index (lease_expires_at of running batches)
-// from its head, where the entries of every batch completed since the
-// oldest snapshot began collect. A lease that expired before the previous
-// reclaim began was found by it, so a reclaim needs to look back only to
-// then (and reclaimMargin more). A full reclaim runs at start, after an
-// error, a reclaim that hit its limit or a writer change, and otherwise as
-// full claims do.
+// reclaimFloor paces reclaims of expired leases the same way; the runners
+// of one client that serve one queue share it (claimPace.reclaim), so their
+// full reclaims are one per interval. Their scan reads the lease index
+// (lease_expires_at of running batches) from its head, where the entries of
+// every batch completed since the oldest snapshot began collect. A lease
+// that expired before a reclaim began was found by it, so the next reclaim
+// needs to look back only to then (and reclaimMargin more). A full reclaim
+// runs at start, after an error, a reclaim that hit its limit or a writer
+// change, and otherwise as full claims do.
 type reclaimFloor struct {
+	mu        sync.Mutex
 	lastDone  time.Time       // start of the last reclaim that took all it found
 	changed   <-chan struct{} // the writer-change channel at lastDone
-	lastFull  time.Time
+	lastFull  time.Time       // start of the last full reclaim
 	fullEvery time.Duration
 }
 
-// next returns the lookback of the next reclaim and whether it is a full one.
+// next returns the lookback of the next reclaim and whether it is a full
+// one (recorded as begun at now).
 func (f *reclaimFloor) next(now time.Time) (lookback time.Duration, full bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if f.lastDone.IsZero() || closed(f.changed) || now.Sub(f.lastFull) >= max(f.fullEvery, fullScanMin) {
+		f.lastFull = now
 		return reclaimAll, true
 	}
 	return now.Sub(f.lastDone) + reclaimMargin, false
@@ -217,13 +225,14 @@ func (f *reclaimFloor) next(now time.Time) (lookback time.Duration, full bool) {
 // done records a reclaim that began at start with the writer-change channel
 // changed, took took, and found n expired leases (or failed).
 func (f *reclaimFloor) done(start time.Time, changed <-chan struct{}, full bool, took time.Duration, n int, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if err != nil || n >= reclaimLimit {
 		f.lastDone = time.Time{}
 		return
 	}
 	f.lastDone, f.changed = start, changed
 	if full {
-		f.lastFull = start
 		f.fullEvery = min(max(took*fullScanCost, fullScanMin), fullScanMax)
 	}
 }

@@ -203,3 +203,23 @@ func TestClaimPaceShared(t *testing.T) {
 	require.Equal(t, claimFloorLagInit*3/4, a.floorLag())
 	require.Equal(t, a.floorLag(), b.floorLag())
 }
+
+// TestReclaimFloorShared: runners sharing a reclaim floor make one full
+// reclaim per interval between them; the others look back to the last
+// reclaim that took all it found, whoever made it.
+func TestReclaimFloorShared(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)
+	f := &reclaimFloor{}
+	_, full := f.next(t0)
+	require.True(t, full, "first reclaim")
+	f.done(t0, nil, true, 2*time.Second, 0, nil) // slow: the next full one in 100 s
+	lookback, full := f.next(t0.Add(50 * time.Second))
+	require.False(t, full)
+	require.Equal(t, 50*time.Second+reclaimMargin, lookback)
+	f.done(t0.Add(50*time.Second), nil, false, time.Millisecond, 0, nil)
+	_, full = f.next(t0.Add(100 * time.Second))
+	require.True(t, full, "due")
+	lookback, full = f.next(t0.Add(100500 * time.Millisecond))
+	require.False(t, full, "another runner's full reclaim began 0.5 s ago")
+	require.Equal(t, 50500*time.Millisecond+reclaimMargin, lookback, "back to the last reclaim that finished")
+}

@@ -90,6 +90,7 @@ type Runner struct {
 	// loop).
 	cursor         claimCursor
 	fullClaimAsked atomic.Bool
+	pace           *claimPace // the client's, for the queue: full claims, floor lag, reclaims
 	// troubleAt is when the runner last failed to reach a writer or saw the
 	// writer change (Unix nanoseconds): reclaims hold off for reclaimHold
 	// after it (see reclaimLoop).
@@ -285,11 +286,12 @@ func NewRunner(c *Client, cfg *RunnerConfig) (*Runner, error) {
 		loopDone:   make(chan struct{}),
 		stopped:    make(chan struct{}),
 		rtTimeout:  min(c.cfg.OpTimeout, max(cfg.LeaseDuration/3, time.Second)),
-		cursor:     claimCursor{pace: c.claimPace(cfg.Queue)},
+		pace:       c.claimPace(cfg.Queue),
 		work:       make(chan *job, cfg.Concurrency),
 		epoch:      time.Now(),
 		fenceKick:  make(chan struct{}, 1),
 	}
+	r.cursor.pace = r.pace
 	r.fenceNext.Store(math.MaxInt64)
 	return r, nil
 }

@@ -248,7 +248,7 @@ func (r *Runner) reclaimLoop(ctx context.Context) {
 	t := time.NewTicker(r.cfg.ReclaimInterval)
 	defer t.Stop()
 	var pruneC, vacuumC <-chan time.Time
-	var floor reclaimFloor
+	floor := &r.pace.reclaim
 	pace := vacuumPace{base: r.cfg.VacuumInterval}
 	if r.cfg.PruneInterval > 0 {
 		pt := time.NewTicker(r.cfg.PruneInterval)
