@@ -526,20 +526,17 @@ func (c *Client) vacuum(ctx context.Context, minInterval time.Duration) (vacuumR
 	if !due {
 		return v, nil
 	}
-	err = c.retry(ctx, "vacuum", true, func(ctx context.Context) error {
-		opCtx, cancel := c.opContext(ctx)
-		defer cancel()
-		if _, err := c.db.Exec(opCtx, c.sql.vacuum); err != nil {
-			return fmt.Errorf("vacuum: %w", err)
-		}
-		return nil
-	})
+	// One attempt: a vacuum that ran out of time would only run out again
+	// (the caller's pace spaces the next one out).
+	opCtx, cancel := c.opContext(ctx)
+	_, err = c.db.Exec(opCtx, c.sql.vacuum)
+	cancel()
 	if err != nil {
-		return v, err
+		return v, fmt.Errorf("vacuum: %w", err)
 	}
 	v.ran = true
 	// Only a hint for the caller's pacing: on error, count it as effective.
-	opCtx, cancel := c.opContext(ctx)
+	opCtx, cancel = c.opContext(ctx)
 	defer cancel()
 	if err := c.db.QueryRow(opCtx, c.sql.deadTuples, c.sql.table).Scan(&v.deadAfter, &churnAfter); err != nil {
 		v.deadAfter = 0

@@ -33,74 +33,67 @@ import (
 //   - a batch another claimer had locked and then did not take (its claim
 //     failed).
 //
-// Full claims, from the head of the index, find those: one at start, after a
-// writer change, after this runner reclaimed expired leases, and otherwise
-// every fullScanMin, or less often when a full claim is slow (fullScanCost
-// times what the last one took, at most fullScanMax). Such a batch waits at
-// most that long beyond its turn; everything else is claimed in order.
-//
-// A full claim under an old snapshot walks every entry finished since the
-// snapshot began, and its round trip holds up the runner's claims and
-// acknowledgements until it returns: 2 s after 3 minutes of churn at 25,000
-// batches/s in the mvcc bench, growing with the snapshot's age. Pacing by
-// cost keeps such claims to about 2 % of a runner's time whatever they cost;
-// fullScanMax only bounds how long a batch behind the floor can wait, so
-// it is minutes, not seconds (at 30 s, four runners each spent a 2 s full
-// claim in every 30 s window, and the windows with them ran slower).
+// A pass below the floor finds those: a sweep of the floor's priority from
+// the floor down to the bottom of the index, in slices of run_at, each one
+// claim. A slice's width adapts to what its claim costs (sliceTarget): under
+// an old snapshot the region below the floor is where the dead entries are,
+// and a claim that walked all of them at once (a full claim) would take
+// longer with every batch finished, seconds after minutes, until it no
+// longer fits in a round trip's timeout at all. Slices keep each claim
+// short, and their pace (one slice per sweepCost times its round trip at
+// most) keeps the sweep to a few percent of the runners' time and the
+// server's; a pass starts at most every fullScanMin. Without a snapshot a
+// slice reaches the bottom at once and a pass is one claim, as cheap as the
+// floored ones. A batch behind the floor waits at most two passes beyond
+// its turn: about a second normally, minutes under a snapshot that kept
+// millions of dead entries. A claim filled by a slice is repeated before
+// the pass goes on. A runner claims from the head of the index (a full
+// claim) only when it has no floor yet: at start. If that claim fails (a
+// timeout under an old snapshot), the floor starts at the database's clock
+// and the pass finds what lies below.
 //
 // The lag is what a claim still walks under an old snapshot (the batches
-// finished in the last lag), so it adapts: a full claim that finds a batch
-// of the floor's priority below the floor, claimed for the first time (an
+// finished in the last lag), so it adapts: a slice that finds a batch of
+// the floor's priority below the floor, claimed for the first time (an
 // enqueue slower than the lag, most likely), doubles it, up to
-// claimFloorLagMax; one that finds none takes a quarter off, down to
+// claimFloorLagMax; a pass that finds none takes a quarter off, down to
 // claimFloorLagMin.
 const (
 	claimFloorLagMin  = 50 * time.Millisecond
 	claimFloorLagInit = 250 * time.Millisecond
 	claimFloorLagMax  = 5 * time.Second
 	fullScanMin       = time.Second
-	fullScanMax       = 5 * time.Minute
-	fullScanCost      = 50
 )
 
+// sliceGapMin is the least time between two slices of the claim sweep:
+// a slice takes a runner's round trip from its floored claims.
+const sliceGapMin = 50 * time.Millisecond
+
 // claimPace is what the runners of one client that serve one queue share
-// of their claim floors: when the last full claim of any of them began and
-// how far apart full claims are to be, and the floor's lag. One full claim
-// claims, for all of them, what waited below their floors, so a client's
-// runners of a queue together make one full claim per interval, not one
-// each (under an old snapshot each one walks every dead entry since the
-// snapshot began); and how late enqueues commit is a property of the
+// of their claim floors: the sweep below them, the floor's lag, and the
+// reclaims' floor and sweep. One pass claims, for all of them, what waited
+// below their floors, so a client's runners of a queue sweep once between
+// them, not once each; and how late enqueues commit is a property of the
 // producers, not of one runner.
 type claimPace struct {
-	mu    sync.Mutex
-	last  time.Time // start of the last full claim
-	every time.Duration
-	lag   time.Duration // 0: claimFloorLagInit
+	mu  sync.Mutex
+	lag time.Duration // 0: claimFloorLagInit
 
-	reclaim reclaimFloor // the runners' reclaims of expired leases
+	sweep   sweep
+	reclaim reclaimFloor
 }
 
-// take reports whether a full claim is due at now (or forced), and if so
-// records that one begins.
-func (p *claimPace) take(now time.Time, forced bool) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !forced && now.Sub(p.last) < max(p.every, fullScanMin) {
-		return false
-	}
-	p.last = now
-	return true
+func newClaimPace() *claimPace {
+	p := &claimPace{}
+	p.sweep.gapMin = sliceGapMin
+	return p
 }
 
-// fullDone records a full claim that took took and whether it found a
-// batch that its runner's floor had missed.
-func (p *claimPace) fullDone(took time.Duration, adapt, missed bool) {
+// adaptLag doubles the lag after a slice found a batch the floor had
+// missed, and takes a quarter off after a pass that found none.
+func (p *claimPace) adaptLag(missed bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.every = min(max(took*fullScanCost, fullScanMin), fullScanMax)
-	if !adapt {
-		return
-	}
 	if missed {
 		p.lag = min(2*p.lagLocked(), claimFloorLagMax)
 	} else {
@@ -121,13 +114,30 @@ func (p *claimPace) lagLocked() time.Duration {
 	return p.lag
 }
 
+// claimKind is where a claim reads the claim index.
+type claimKind uint8
+
+const (
+	claimFloored claimKind = iota // from the floor, after the batches more urgent than its priority
+	claimFull                     // from the head
+	claimSlice                    // a slice of the sweep below the floor
+)
+
+// claimPlan is what the next claim reads.
+type claimPlan struct {
+	kind     claimKind
+	priority int16     // claimFloored: the floor
+	runAt    time.Time // claimFloored: the floor
+	slice    slice     // claimSlice
+}
+
 // claimCursor is a runner's claim floor. Only the claim loop uses it; its
 // pace is shared (see claimPace).
 type claimCursor struct {
 	valid    bool
 	priority int16
 	runAt    time.Time
-	full     bool // the claim in flight is a full one
+	plan     claimPlan // of the claim in flight
 	pace     *claimPace
 }
 
@@ -135,36 +145,61 @@ func (c *claimCursor) floorLag() time.Duration { return c.shared().floorLag() }
 
 func (c *claimCursor) shared() *claimPace {
 	if c.pace == nil {
-		c.pace = &claimPace{}
+		c.pace = newClaimPace()
 	}
 	return c.pace
 }
 
-// next reports whether the next claim must be a full one (and remembers it
-// until done), and the floor of a floored one. A runner without a floor
-// (at start, after a reset) or asked to makes a full claim whatever the
-// others did.
-func (c *claimCursor) next(now time.Time, asked bool) (full bool, priority int16, runAt time.Time) {
-	c.full = c.shared().take(now, asked || !c.valid)
-	return c.full, c.priority, c.runAt
+// next returns what the next claim reads, and remembers it until done or
+// failed: a full claim while the runner has no floor (at start), a slice of
+// the sweep when one is due, else the floor. asked (after a reclaim of
+// expired leases, or a writer change) starts the next pass of the sweep
+// as soon as one may run.
+func (c *claimCursor) next(now time.Time, asked bool) claimPlan {
+	pace := c.shared()
+	switch {
+	case !c.valid:
+		c.plan = claimPlan{kind: claimFull}
+	default:
+		if asked {
+			pace.sweep.hurry()
+		}
+		if sl, ok := pace.sweep.next(now, c.priority, c.runAt); ok {
+			c.plan = claimPlan{kind: claimSlice, slice: sl}
+		} else {
+			c.plan = claimPlan{kind: claimFloored, priority: c.priority, runAt: c.runAt}
+		}
+	}
+	return c.plan
 }
 
-// done records a claim's result: the batches it took (in any order), the
-// database's clock when a full claim ran (zero for a floored one), and how
-// long its round trip took. A claim takes the lowest claimable batches at or
-// above the floor that no other claimer holds, so nothing claimable is left
-// below the last of them but batches of the kinds listed above; the floor
-// moves up to that one, less the lag. A full claim that found nothing puts
-// the floor at the default priority and the database's clock, less the lag:
-// whatever is enqueued from then on is above it. The floor
-// never moves down.
-func (c *claimCursor) done(claimed []batch.Batch, dbNow time.Time, took time.Duration) {
+// done records a claim's result at now: the batches it took (in any
+// order), whether it took all it asked for, the database's clock when a
+// full claim ran, and how long its round trip took. A claim takes the
+// lowest claimable batches at or above the floor that no other claimer
+// holds, so nothing claimable is left below the last of them but batches of
+// the kinds listed above; the floor moves up to that one, less the lag. A
+// full claim that found nothing puts the floor at the default priority and
+// the database's clock, less the lag: whatever is enqueued from then on is
+// above it. The floor never moves down; a slice's batches lie below it.
+func (c *claimCursor) done(now time.Time, claimed []batch.Batch, filled bool, dbNow time.Time, took time.Duration) {
 	pace := c.shared()
-	if c.full {
-		missed := c.valid && slices.ContainsFunc(claimed, func(b batch.Batch) bool {
+	switch c.plan.kind {
+	case claimFull:
+		pace.sweep.covered(now.Add(-took))
+	case claimFloored:
+		pace.sweep.observe(took)
+	case claimSlice:
+		missed := slices.ContainsFunc(claimed, func(b batch.Batch) bool {
 			return b.Attempt == 1 && b.Priority == c.priority && b.RunAt.Before(c.runAt)
 		})
-		pace.fullDone(took, c.valid, missed)
+		if missed {
+			pace.adaptLag(true)
+		}
+		if ended, passMissed := pace.sweep.done(now, c.plan.slice, took, filled, missed, nil); ended && !passMissed {
+			pace.adaptLag(false)
+		}
+		return
 	}
 	lag := pace.floorLag()
 	var p int16
@@ -175,66 +210,96 @@ func (c *claimCursor) done(claimed []batch.Batch, dbNow time.Time, took time.Dur
 			return cmp.Or(cmp.Compare(a.Priority, b.Priority), a.RunAt.Compare(b.RunAt), cmp.Compare(a.ID, b.ID))
 		})
 		p, at = last.Priority, last.RunAt.Add(-lag)
-	case c.full && !dbNow.IsZero():
+	case c.plan.kind == claimFull && !dbNow.IsZero():
 		p, at = 0, dbNow.Add(-lag)
 	default:
 		return
 	}
+	c.raise(p, at)
+}
+
+func (c *claimCursor) raise(p int16, at time.Time) {
 	if !c.valid || p > c.priority || (p == c.priority && at.After(c.runAt)) {
 		c.valid, c.priority, c.runAt = true, p, at
 	}
 }
 
-// reset makes the next claim a full one and forgets the floor: after a
-// writer change or a failed claim nothing is known of the new state.
-func (c *claimCursor) reset() { c.valid = false }
+// failed records a claim that failed at now with err. A failed slice is
+// swept again, narrower. A full claim that timed out (under an old
+// snapshot that kept more dead entries than a round trip can walk) does not
+// repeat when the database's clock at its start is known (dbNow): the floor
+// starts there, less the lag, and the sweep finds what lies below.
+// A floor is kept: whatever the failed claim held (if it committed and its
+// answer was lost, the runner releases it) lies at or above it.
+func (c *claimCursor) failed(now, dbNow time.Time, err error) {
+	pace := c.shared()
+	switch c.plan.kind {
+	case claimSlice:
+		pace.sweep.done(now, c.plan.slice, 0, false, false, err)
+	case claimFull:
+		if !dbNow.IsZero() && !c.valid {
+			c.raise(0, dbNow.Add(-pace.floorLag()))
+			pace.sweep.hurry()
+		}
+	}
+}
 
 // reclaimMargin is how far before the previous reclaim a floored reclaim
 // looks: leases written by a transaction still in flight then.
 const reclaimMargin = 2 * time.Second
 
 // reclaimFloor paces reclaims of expired leases the same way; the runners
-// of one client that serve one queue share it (claimPace.reclaim), so their
-// full reclaims are one per interval. Their scan reads the lease index
-// (lease_expires_at of running batches) from its head, where the entries of
-// every batch completed since the oldest snapshot began collect. A lease
-// that expired before a reclaim began was found by it, so the next reclaim
-// needs to look back only to then (and reclaimMargin more). A full reclaim
-// runs at start, after an error, a reclaim that hit its limit or a writer
-// change, and otherwise as full claims do.
+// of one client that serve one queue share it (claimPace.reclaim). Their
+// scan reads the lease index (lease_expires_at of running batches), where
+// the entries of every batch completed since the oldest snapshot began
+// collect. A lease that expired before a reclaim began was found by it, so
+// the next reclaim needs to look back only to then (and reclaimMargin
+// more); one that failed or hit its limit does not move that point. Below
+// it, a sweep finds leases that expired unseen (written by a transaction
+// slower than the margin, or by a writer that lost the reclaims of an
+// earlier one): a pass from the start, and one after a writer change.
 type reclaimFloor struct {
-	mu        sync.Mutex
-	lastDone  time.Time       // start of the last reclaim that took all it found
-	changed   <-chan struct{} // the writer-change channel at lastDone
-	lastFull  time.Time       // start of the last full reclaim
-	fullEvery time.Duration
+	mu       sync.Mutex
+	lastDone time.Time       // start of the last reclaim that took all it found
+	changed  <-chan struct{} // the writer-change channel when it was read last
+	sweep    sweep
 }
 
-// next returns the lookback of the next reclaim and whether it is a full
-// one (recorded as begun at now).
-func (f *reclaimFloor) next(now time.Time) (lookback time.Duration, full bool) {
+// next returns the lookback of the floored reclaim at now, with changed,
+// the client's current writer-change channel. The first one looks back
+// reclaimMargin, and the sweep's first pass takes all below.
+func (f *reclaimFloor) next(now time.Time, changed <-chan struct{}) time.Duration {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.lastDone.IsZero() || closed(f.changed) || now.Sub(f.lastFull) >= max(f.fullEvery, fullScanMin) {
-		f.lastFull = now
-		return reclaimAll, true
+	if f.changed != nil && closed(f.changed) {
+		f.sweep.hurry()
 	}
-	return now.Sub(f.lastDone) + reclaimMargin, false
+	f.changed = changed
+	if f.lastDone.IsZero() {
+		f.lastDone = now
+	}
+	return now.Sub(f.lastDone) + reclaimMargin
 }
 
-// done records a reclaim that began at start with the writer-change channel
-// changed, took took, and found n expired leases (or failed).
-func (f *reclaimFloor) done(start time.Time, changed <-chan struct{}, full bool, took time.Duration, n int, err error) {
+// floor is where a pass of the reclaim sweep starts: the lookback's end.
+func (f *reclaimFloor) floor() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lastDone.Add(-reclaimMargin)
+}
+
+// done records a floored reclaim that began at start, took took, and found
+// n expired leases (or failed).
+func (f *reclaimFloor) done(start time.Time, took time.Duration, n int, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err != nil || n >= reclaimLimit {
-		f.lastDone = time.Time{}
 		return
 	}
-	f.lastDone, f.changed = start, changed
-	if full {
-		f.fullEvery = min(max(took*fullScanCost, fullScanMin), fullScanMax)
+	if start.After(f.lastDone) {
+		f.lastDone = start
 	}
+	f.sweep.observe(took)
 }
 
 // vacuumPace spaces a runner's vacuums: every VacuumInterval while they
@@ -244,15 +309,30 @@ func (f *reclaimFloor) done(start time.Time, changed <-chan struct{}, full bool,
 // ends, on cores the queue needs.
 type vacuumPace struct {
 	base, every time.Duration
+	failedAt    time.Time // of the last vacuum that failed, if the last failed
+}
+
+// due reports whether a vacuum may start at now. The database's record
+// of the last vacuum spaces successful ones; a failed one leaves no record,
+// so the pace spaces those itself.
+func (p *vacuumPace) due(now time.Time) bool {
+	return p.failedAt.IsZero() || now.Sub(p.failedAt) >= p.interval()
 }
 
 const vacuumIntervalMax = 2 * time.Minute
 
 func (p *vacuumPace) interval() time.Duration { return max(p.every, p.base) }
 
-func (p *vacuumPace) done(v vacuumResult) {
+// done records a vacuum's result, or its failure: a vacuum that failed
+// (most likely it ran out of time reading a table an old snapshot keeps
+// growing) counts as one that removed nothing.
+func (p *vacuumPace) done(now time.Time, v vacuumResult, err error) {
+	p.failedAt = time.Time{}
+	if err != nil {
+		p.failedAt = now
+	}
 	switch {
-	case v.ineffective():
+	case err != nil || v.ineffective():
 		p.every = min(2*p.interval(), max(vacuumIntervalMax, p.base))
 	case v.ran:
 		p.every = p.base

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -16,98 +17,210 @@ func TestClaimCursor(t *testing.T) {
 		return batch.Batch{ID: id, Priority: prio, RunAt: runAt}
 	}
 	var c claimCursor
+	floored := func(at time.Time) claimPlan {
+		t.Helper()
+		p := c.next(at, false)
+		require.Equal(t, claimFloored, p.kind)
+		c.done(at, nil, false, time.Time{}, time.Millisecond)
+		return p
+	}
 
-	full, _, _ := c.next(t0, false)
-	require.True(t, full, "the first claim reads from the head")
+	require.Equal(t, claimFull, c.next(t0, false).kind, "the first claim reads from the head")
 	// A full claim that found nothing: the floor is the database's clock,
 	// less the lag, at the default priority.
-	c.done(nil, t0.Add(time.Hour), time.Millisecond)
-	full, p, at := c.next(t0.Add(100*time.Millisecond), false)
-	require.False(t, full)
-	require.Equal(t, int16(0), p)
-	require.Equal(t, t0.Add(time.Hour-claimFloorLagInit), at)
+	c.done(t0, nil, false, t0.Add(time.Hour), time.Millisecond)
+	p := floored(t0.Add(100 * time.Millisecond))
+	require.Equal(t, int16(0), p.priority)
+	require.Equal(t, t0.Add(time.Hour-claimFloorLagInit), p.runAt)
 
 	// A floored claim: the floor moves to the last batch taken (in any
 	// order), less the lag.
-	c.done([]batch.Batch{b(9, 0, t0.Add(2*time.Hour)), b(7, 0, t0.Add(3*time.Hour)), b(8, 0, t0.Add(2*time.Hour))}, time.Time{}, time.Millisecond)
-	_, p, at = c.next(t0.Add(300*time.Millisecond), false)
-	require.Equal(t, int16(0), p)
-	require.Equal(t, t0.Add(3*time.Hour-claimFloorLagInit), at)
+	c.next(t0.Add(200*time.Millisecond), false)
+	c.done(t0, []batch.Batch{b(9, 0, t0.Add(2*time.Hour)), b(7, 0, t0.Add(3*time.Hour)), b(8, 0, t0.Add(2*time.Hour))}, true, time.Time{}, time.Millisecond)
+	p = floored(t0.Add(300 * time.Millisecond))
+	require.Equal(t, int16(0), p.priority)
+	require.Equal(t, t0.Add(3*time.Hour-claimFloorLagInit), p.runAt)
 
-	// It never moves down: not for an older batch (a released one found by a
-	// full claim), not for a more urgent one.
-	c.done([]batch.Batch{b(3, 0, t0)}, time.Time{}, time.Millisecond)
-	c.done([]batch.Batch{b(4, -5, t0.Add(5*time.Hour))}, time.Time{}, time.Millisecond)
-	_, p, at = c.next(t0.Add(600*time.Millisecond), false)
-	require.Equal(t, int16(0), p)
-	require.Equal(t, t0.Add(3*time.Hour-claimFloorLagInit), at)
+	// It never moves down: not for an older batch, not for a more urgent one.
+	c.next(t0.Add(400*time.Millisecond), false)
+	c.done(t0, []batch.Batch{b(3, 0, t0)}, false, time.Time{}, time.Millisecond)
+	c.next(t0.Add(500*time.Millisecond), false)
+	c.done(t0, []batch.Batch{b(4, -5, t0.Add(5*time.Hour))}, false, time.Time{}, time.Millisecond)
+	p = floored(t0.Add(600 * time.Millisecond))
+	require.Equal(t, int16(0), p.priority)
+	require.Equal(t, t0.Add(3*time.Hour-claimFloorLagInit), p.runAt)
 	// A less urgent priority is further along.
-	c.done([]batch.Batch{b(5, 2, t0)}, time.Time{}, time.Millisecond)
-	_, p, at = c.next(t0.Add(800*time.Millisecond), false)
-	require.Equal(t, int16(2), p)
-	require.Equal(t, t0.Add(-claimFloorLagInit), at)
+	c.next(t0.Add(700*time.Millisecond), false)
+	c.done(t0, []batch.Batch{b(5, 2, t0)}, false, time.Time{}, time.Millisecond)
+	p = floored(t0.Add(800 * time.Millisecond))
+	require.Equal(t, int16(2), p.priority)
+	require.Equal(t, t0.Add(-claimFloorLagInit), p.runAt)
 
-	// A full claim when asked (a reclaim), when due, and after a reset.
-	full, _, _ = c.next(t0.Add(900*time.Millisecond), true)
-	require.True(t, full, "asked")
-	c.done(nil, t0.Add(time.Hour), time.Millisecond)
-	full, _, _ = c.next(t0.Add(1800*time.Millisecond), false)
-	require.False(t, full, "a full claim ran 0.9 s ago")
-	full, _, _ = c.next(t0.Add(1900*time.Millisecond), false)
-	require.True(t, full, "due: fullScanMin after the last full claim")
-	c.done(nil, time.Time{}, 200*time.Millisecond)
-	// A slow full claim (200 ms) spaces the next one out: 50 × 200 ms.
-	full, _, _ = c.next(t0.Add(10*time.Second), false)
-	require.False(t, full)
-	full, _, _ = c.next(t0.Add(11900*time.Millisecond), false)
-	require.True(t, full)
-	// A full claim of 2 s (an old snapshot's dead entries): 100 s apart.
-	c.done(nil, time.Time{}, 2*time.Second)
-	full, _, _ = c.next(t0.Add(111800*time.Millisecond), false)
-	require.False(t, full, "2 s full claims stay 2 %% of the runner's time")
-	full, _, _ = c.next(t0.Add(111900*time.Millisecond), false)
-	require.True(t, full)
-	c.done(nil, time.Time{}, time.Minute)
-	full, _, _ = c.next(t0.Add(111800*time.Millisecond+fullScanMax), false)
-	require.False(t, full)
-	full, _, _ = c.next(t0.Add(111900*time.Millisecond+fullScanMax), false)
-	require.True(t, full, "never further apart than fullScanMax")
-	c.reset()
-	full, _, _ = c.next(t0.Add(111901*time.Millisecond+fullScanMax), false)
-	require.True(t, full, "after a reset")
+	// fullScanMin after the full claim began, the sweep's first pass: a
+	// slice of the floor's priority just below the floor.
+	p = c.next(t0.Add(time.Second), false)
+	require.Equal(t, claimSlice, p.kind)
+	require.Equal(t, int16(2), p.slice.key)
+	require.Equal(t, t0.Add(-claimFloorLagInit), p.slice.hi)
+	require.Equal(t, p.slice.hi.Add(-sliceWidthInit), p.slice.lo)
+	// A slice that found a batch below the floor leaves the floor alone.
+	c.done(t0.Add(time.Second), []batch.Batch{b(6, 2, t0.Add(-10*time.Second))}, false, time.Time{}, time.Millisecond)
+	p = c.next(t0.Add(1010*time.Millisecond), false)
+	require.Equal(t, claimFloored, p.kind, "slices are at least sliceGapMin apart")
+	require.Equal(t, t0.Add(-claimFloorLagInit), p.runAt)
+	c.done(t0.Add(1010*time.Millisecond), nil, false, time.Time{}, time.Millisecond)
+
+	// A failed claim keeps the floor.
+	c.next(t0.Add(1020*time.Millisecond), false)
+	c.failed(t0.Add(1020*time.Millisecond), time.Time{}, errors.New("boom"))
+	p = floored(t0.Add(1030 * time.Millisecond))
+	require.Equal(t, t0.Add(-claimFloorLagInit), p.runAt)
 }
 
-// TestClaimFloorLagAdapts: a full claim that finds a first claim below the
-// floor (an enqueue slower than the lag) doubles the lag; one that finds
-// none shortens it; a batch claimed before (released, reclaimed) does not
-// count.
+// TestClaimCursorFullClaimTimesOut: under an old snapshot that kept more
+// dead entries than a round trip can walk, the full claim at start times
+// out. The runner does not repeat it: its floor starts at the database's
+// clock (read before the claim), and a pass of the sweep is due at once.
+func TestClaimCursorFullClaimTimesOut(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 8, 0, 0, 0, time.UTC)
+	var c claimCursor
+	require.Equal(t, claimFull, c.next(t0, false).kind)
+	c.failed(t0.Add(10*time.Second), time.Time{}, errors.New("no writer"))
+	require.Equal(t, claimFull, c.next(t0.Add(11*time.Second), false).kind, "nothing known yet: a full claim again")
+	c.failed(t0.Add(21*time.Second), t0.Add(11*time.Second), context.DeadlineExceeded)
+	p := c.next(t0.Add(22*time.Second), false)
+	require.Equal(t, claimSlice, p.kind, "the pass below the new floor")
+	require.Equal(t, t0.Add(11*time.Second-claimFloorLagInit), p.slice.hi)
+	for at := t0.Add(22 * time.Second); p.kind == claimSlice; p = c.next(at, false) {
+		c.done(at, nil, false, time.Time{}, time.Millisecond)
+		at = at.Add(sliceGapMin)
+	}
+	require.Equal(t, claimFloored, p.kind, "the pass reached the bottom")
+	require.Equal(t, t0.Add(11*time.Second-claimFloorLagInit), p.runAt)
+}
+
+// TestSweep: a pass moves down from its floor a slice at a time; a slice's
+// width follows its cost beyond an ordinary round trip (wider when cheap,
+// narrower in proportion when dear, a sixteenth after an error), slices
+// are spaced by sweepCost times that cost, a filled slice is swept again,
+// and a slice as wide as sliceWhole reaches the bottom and ends the pass.
+func TestSweep(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 8, 0, 0, 0, time.UTC)
+	s := sweep{}
+	floor := t0.Add(-time.Hour)
+	s.observe(2 * time.Millisecond) // an ordinary round trip
+	now := t0
+
+	sl, ok := s.next(now, 0, floor)
+	require.True(t, ok)
+	require.Equal(t, floor, sl.hi)
+	require.Equal(t, floor.Add(-sliceWidthInit), sl.lo)
+	_, ok = s.next(now, 0, floor)
+	require.False(t, ok, "one slice in flight")
+	// Dear: 202 ms, 200 beyond the base: a twentieth of the width, and the
+	// next slice 25 × 200 ms later.
+	now = now.Add(202 * time.Millisecond)
+	ended, _ := s.done(now, sl, 202*time.Millisecond, false, false, nil)
+	require.False(t, ended)
+	_, ok = s.next(now.Add(4999*time.Millisecond), 0, floor)
+	require.False(t, ok)
+	now = now.Add(5 * time.Second)
+	sl2, ok := s.next(now, 0, floor)
+	require.True(t, ok)
+	require.Equal(t, sl.lo, sl2.hi, "the pass moves down")
+	require.Equal(t, sliceWidthInit/20, sl2.hi.Sub(sl2.lo))
+
+	// Filled: the same slice again, at once.
+	s.done(now, sl2, 12*time.Millisecond, true, false, nil)
+	sl3, ok := s.next(now, 0, floor)
+	require.True(t, ok)
+	require.Equal(t, sl2.hi, sl3.hi)
+	// An error (a timeout): a sixteenth as wide, the same place.
+	s.done(now, sl3, 0, false, false, context.DeadlineExceeded)
+	now = now.Add(minRetryGap)
+	sl4, ok := s.next(now, 0, floor)
+	require.True(t, ok)
+	require.Equal(t, sl3.hi, sl4.hi)
+	require.Equal(t, sl3.hi.Sub(sl3.lo)/16, sl4.hi.Sub(sl4.lo))
+
+	// Cheap slices widen fourfold until one reaches the bottom.
+	for i := 0; ; i++ {
+		require.Less(t, i, 30)
+		ended, missed := s.done(now, sl4, 3*time.Millisecond, false, i == 2, nil)
+		if sl4.bottom() {
+			require.True(t, ended)
+			require.True(t, missed, "a slice of the pass found a batch the floor missed")
+			break
+		}
+		require.False(t, ended)
+		now = now.Add(time.Second)
+		sl4, ok = s.next(now, 0, floor)
+		require.True(t, ok)
+	}
+
+	// The next pass starts at its floor, with the first width of the last.
+	now = now.Add(time.Minute)
+	floor = floor.Add(time.Minute)
+	sl, ok = s.next(now, 0, floor)
+	require.True(t, ok)
+	require.Equal(t, floor, sl.hi)
+	first := sl.hi.Sub(sl.lo)
+	require.Less(t, first, sliceWidthInit, "the first slice of the pass before was dear")
+	// Hurried while under way: nothing changes; a pass for another
+	// priority (the floor moved on) starts over at once.
+	s.done(now, sl, 50*time.Millisecond, false, false, nil)
+	s.hurry()
+	sl, ok = s.next(now.Add(2*time.Second), 0, floor)
+	require.True(t, ok)
+	require.Equal(t, floor.Add(-first), sl.hi)
+	s.done(now.Add(2*time.Second), sl, 3*time.Millisecond, false, false, nil)
+	sl, ok = s.next(now.Add(3*time.Second), 3, floor)
+	require.True(t, ok)
+	require.Equal(t, int16(3), sl.key)
+	require.Equal(t, floor, sl.hi)
+}
+
+// TestClaimFloorLagAdapts: a slice that finds a first claim below the
+// floor (an enqueue slower than the lag) doubles the lag; a pass that
+// finds none shortens it; a batch claimed before (released, reclaimed)
+// does not count.
 func TestClaimFloorLagAdapts(t *testing.T) {
 	t0 := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
 	var c claimCursor
 	c.next(t0, false)
-	c.done([]batch.Batch{{ID: 1, RunAt: t0, Attempt: 1}}, time.Time{}, time.Millisecond)
-	_, _, at := c.next(t0.Add(time.Millisecond), false)
-	require.Equal(t, t0.Add(-claimFloorLagInit), at)
+	c.done(t0, []batch.Batch{{ID: 1, RunAt: t0, Attempt: 1}}, false, time.Time{}, time.Millisecond)
+	require.Equal(t, t0.Add(-claimFloorLagInit), c.next(t0.Add(time.Millisecond), false).runAt)
+	c.done(t0, nil, false, time.Time{}, time.Millisecond)
 
-	full, _, _ := c.next(t0.Add(2*time.Second), true)
-	require.True(t, full)
-	slow := batch.Batch{ID: 2, RunAt: t0.Add(-time.Second), Attempt: 1}
-	c.done([]batch.Batch{slow}, time.Time{}, time.Millisecond)
+	// pass runs one pass of the sweep at at, whose first slice finds claimed.
+	pass := func(at time.Time, claimed ...batch.Batch) {
+		t.Helper()
+		p := c.next(at, true)
+		for i := 0; ; i++ {
+			require.Less(t, i, 30)
+			if p.kind == claimFloored {
+				c.done(at, nil, false, time.Time{}, time.Millisecond)
+				require.False(t, c.shared().sweep.active, "the pass ended")
+				return
+			}
+			require.Equal(t, claimSlice, p.kind)
+			c.done(at, claimed, false, time.Time{}, time.Millisecond)
+			claimed = nil
+			at = at.Add(sliceGapMin)
+			p = c.next(at, false)
+		}
+	}
+	pass(t0.Add(2*time.Second), batch.Batch{ID: 2, RunAt: t0.Add(-time.Second), Attempt: 1})
 	require.Equal(t, 2*claimFloorLagInit, c.floorLag())
-
-	c.next(t0.Add(4*time.Second), true)
-	released := batch.Batch{ID: 3, RunAt: t0.Add(-time.Hour), Attempt: 2}
-	c.done([]batch.Batch{released}, time.Time{}, time.Millisecond)
+	pass(t0.Add(4*time.Second), batch.Batch{ID: 3, RunAt: t0.Add(-time.Hour), Attempt: 2})
 	require.Equal(t, 2*claimFloorLagInit*3/4, c.floorLag(), "a batch claimed before is not a slow enqueue")
 
 	for i := range 40 {
-		c.next(t0.Add(time.Duration(6+2*i)*time.Second), true)
-		c.done(nil, time.Time{}, time.Millisecond)
+		pass(t0.Add(time.Duration(6+2*i) * time.Second))
 	}
 	require.Equal(t, claimFloorLagMin, c.floorLag())
 	for i := range 40 {
-		c.next(t0.Add(time.Duration(100+2*i)*time.Second), true)
-		c.done([]batch.Batch{{ID: int64(10 + i), RunAt: t0.Add(-time.Hour), Attempt: 1}}, time.Time{}, time.Millisecond)
+		pass(t0.Add(time.Duration(100+2*i)*time.Second), batch.Batch{ID: int64(10 + i), RunAt: t0.Add(-time.Hour), Attempt: 1})
 	}
 	require.Equal(t, claimFloorLagMax, c.floorLag())
 }
@@ -115,111 +228,118 @@ func TestClaimFloorLagAdapts(t *testing.T) {
 func TestReclaimFloor(t *testing.T) {
 	t0 := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
 	var f reclaimFloor
-	lookback, full := f.next(t0)
-	require.True(t, full)
-	require.Equal(t, reclaimAll, lookback)
 	ch := make(chan struct{})
-	f.done(t0, ch, true, 10*time.Millisecond, 3, nil)
+	require.Equal(t, reclaimMargin, f.next(t0, ch), "the first reclaim looks back the margin; the sweep takes the rest")
+	require.Equal(t, t0.Add(-reclaimMargin), f.floor())
+	sl, ok := f.sweep.next(t0, 0, f.floor())
+	require.True(t, ok, "the first pass is due at once")
+	require.Equal(t, t0.Add(-reclaimMargin), sl.hi)
+	f.sweep.done(t0, sl, time.Millisecond, false, false, nil)
+	f.done(t0, 10*time.Millisecond, 3, nil)
 
-	lookback, full = f.next(t0.Add(500 * time.Millisecond))
-	require.False(t, full)
-	require.Equal(t, 500*time.Millisecond+reclaimMargin, lookback, "back to the previous reclaim, and the margin")
-	f.done(t0.Add(500*time.Millisecond), ch, false, time.Millisecond, 0, nil)
-	lookback, _ = f.next(t0.Add(700 * time.Millisecond))
-	require.Equal(t, 200*time.Millisecond+reclaimMargin, lookback)
+	require.Equal(t, 500*time.Millisecond+reclaimMargin, f.next(t0.Add(500*time.Millisecond), ch), "back to the previous reclaim, and the margin")
+	f.done(t0.Add(500*time.Millisecond), time.Millisecond, 0, nil)
+	require.Equal(t, 200*time.Millisecond+reclaimMargin, f.next(t0.Add(700*time.Millisecond), ch))
 
-	// A reclaim that hit its limit or failed: the next one is full.
-	f.done(t0.Add(700*time.Millisecond), ch, false, time.Millisecond, reclaimLimit, nil)
-	_, full = f.next(t0.Add(800 * time.Millisecond))
-	require.True(t, full, "after a reclaim that hit its limit")
-	f.done(t0.Add(800*time.Millisecond), ch, true, time.Millisecond, 0, nil)
-	_, full = f.next(t0.Add(900 * time.Millisecond))
-	require.False(t, full)
-	f.done(t0.Add(900*time.Millisecond), ch, false, time.Millisecond, 0, errors.New("boom"))
-	_, full = f.next(t0.Add(time.Second))
-	require.True(t, full, "after an error")
-	f.done(t0.Add(time.Second), ch, true, time.Millisecond, 0, nil)
+	// A reclaim that hit its limit or failed does not move the floor.
+	f.done(t0.Add(700*time.Millisecond), time.Millisecond, reclaimLimit, nil)
+	require.Equal(t, 300*time.Millisecond+reclaimMargin, f.next(t0.Add(800*time.Millisecond), ch))
+	f.done(t0.Add(800*time.Millisecond), time.Millisecond, 0, errors.New("boom"))
+	require.Equal(t, 400*time.Millisecond+reclaimMargin, f.next(t0.Add(900*time.Millisecond), ch))
+	f.done(t0.Add(900*time.Millisecond), time.Millisecond, 0, nil)
 
-	// A writer change: the new writer may hold leases that expired long ago.
+	// Finish the first pass; the next is due fullScanMin after it began.
+	for i := 0; ; i++ {
+		require.Less(t, i, 30)
+		sl, ok = f.sweep.next(t0.Add(time.Second), 0, f.floor())
+		if !ok {
+			break
+		}
+		f.sweep.done(t0.Add(time.Second), sl, time.Millisecond, false, false, nil)
+	}
+	require.False(t, f.sweep.active)
+	// Rather at once after a writer change: the new writer may hold leases
+	// that expired long ago.
 	close(ch)
-	_, full = f.next(t0.Add(1100 * time.Millisecond))
-	require.True(t, full, "after a writer change")
+	f.next(t0.Add(1100*time.Millisecond), make(chan struct{}))
+	sl, ok = f.sweep.next(t0.Add(1100*time.Millisecond), 0, f.floor())
+	require.True(t, ok, "after a writer change")
+	require.Equal(t, t0.Add(900*time.Millisecond-reclaimMargin), sl.hi)
 }
 
 func TestVacuumPace(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)
 	p := vacuumPace{base: 2 * time.Second}
 	require.Equal(t, 2*time.Second, p.interval())
-	p.done(vacuumResult{ran: true, deadBefore: 50000, deadAfter: 100})
+	p.done(t0, vacuumResult{ran: true, deadBefore: 50000, deadAfter: 100}, nil)
 	require.Equal(t, 2*time.Second, p.interval(), "an effective vacuum keeps the pace")
 	held := vacuumResult{ran: true, deadBefore: 50000, deadAfter: 49000}
 	require.True(t, held.ineffective())
-	p.done(held)
+	p.done(t0, held, nil)
 	require.Equal(t, 4*time.Second, p.interval())
-	p.done(vacuumResult{}) // skipped: not due
+	p.done(t0, vacuumResult{}, nil) // skipped: not due
 	require.Equal(t, 4*time.Second, p.interval())
 	for range 10 {
-		p.done(held)
+		p.done(t0, held, nil)
 	}
 	require.Equal(t, vacuumIntervalMax, p.interval(), "capped")
-	p.done(vacuumResult{ran: true, deadBefore: 60000, deadAfter: 0})
+	p.done(t0, vacuumResult{ran: true, deadBefore: 60000, deadAfter: 0}, nil)
+	require.Equal(t, 2*time.Second, p.interval(), "back to the base once the snapshot is gone")
+	p.done(t0, vacuumResult{}, context.DeadlineExceeded)
+	require.Equal(t, 4*time.Second, p.interval(), "a vacuum that ran out of time counts as one that removed nothing")
+	require.False(t, p.due(t0.Add(3*time.Second)), "and it leaves no record in the database: the pace spaces the next")
+	require.True(t, p.due(t0.Add(4*time.Second)))
+	p.done(t0, vacuumResult{ran: true, deadBefore: 60000, deadAfter: 0}, nil)
 	require.Equal(t, 2*time.Second, p.interval(), "back to the base once the snapshot is gone")
 	require.False(t, vacuumResult{ran: true, deadBefore: 900, deadAfter: 900}.ineffective(), "too few dead tuples to matter")
 	require.False(t, vacuumResult{ran: true, deadBefore: 50000, deadAfter: 60000, churned: 59000}.ineffective(),
 		"what is dead after it was made while it ran")
 }
 
-// TestClaimPaceShared: runners of one client and queue share their full
-// claims. Once one of them has a floor, a second one with a floor makes no
-// full claim until the shared interval has passed since the first one's,
-// while a runner without a floor (at start, after a reset) or asked to
-// makes one at once. The floor's lag is shared too.
+// TestClaimPaceShared: runners of one client and queue share the sweep
+// below their floors, and the floor's lag.
 func TestClaimPaceShared(t *testing.T) {
 	t0 := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)
-	pace := &claimPace{}
+	pace := newClaimPace()
 	a, b := claimCursor{pace: pace}, claimCursor{pace: pace}
 	batchAt := func(id int64, at time.Time) []batch.Batch {
 		return []batch.Batch{{ID: id, RunAt: at, Attempt: 1}}
 	}
 
-	full, _, _ := a.next(t0, false)
-	require.True(t, full, "a has no floor")
-	a.done(batchAt(1, t0), time.Time{}, 2*time.Second) // a slow full claim: the next in 100 s
-	full, _, _ = b.next(t0.Add(time.Second), false)
-	require.True(t, full, "b has no floor yet")
-	b.done(batchAt(2, t0), time.Time{}, 2*time.Second)
+	require.Equal(t, claimFull, a.next(t0, false).kind, "a has no floor")
+	a.done(t0, batchAt(1, t0), false, time.Time{}, time.Millisecond)
+	require.Equal(t, claimFull, b.next(t0, false).kind, "b has no floor yet")
+	b.done(t0, batchAt(2, t0), false, time.Time{}, time.Millisecond)
 
-	full, _, _ = a.next(t0.Add(50*time.Second), false)
-	require.False(t, full, "b's full claim 49 s ago serves a too")
-	a.done(batchAt(3, t0.Add(50*time.Second)), time.Time{}, time.Millisecond)
-	full, _, _ = b.next(t0.Add(102*time.Second), false)
-	require.True(t, full, "due: 100 s after the last full claim of either")
-	b.done(nil, t0.Add(102*time.Second), time.Millisecond)
-	full, _, _ = a.next(t0.Add(102500*time.Millisecond), false)
-	require.False(t, full, "b's full claim, 0.5 s ago, is a's too")
-	full, _, _ = a.next(t0.Add(104*time.Second), true)
-	require.True(t, full, "asked (a reclaim)")
+	p := a.next(t0.Add(2*time.Second), false)
+	require.Equal(t, claimSlice, p.kind, "a pass is due")
+	require.Equal(t, claimFloored, b.next(t0.Add(2*time.Second), false).kind, "a's slice is in flight")
+	b.done(t0.Add(2*time.Second), nil, false, time.Time{}, time.Millisecond)
+	a.done(t0.Add(2*time.Second), nil, false, time.Time{}, 300*time.Millisecond) // dear: the next slice 7 s later
+	require.Equal(t, claimFloored, b.next(t0.Add(8*time.Second), false).kind, "a's slice was b's too")
+	b.done(t0.Add(8*time.Second), nil, false, time.Time{}, time.Millisecond)
+	p2 := b.next(t0.Add(10*time.Second), false)
+	require.Equal(t, claimSlice, p2.kind)
+	require.Equal(t, p.slice.lo, p2.slice.hi, "b goes on where a left off")
+	b.done(t0.Add(10*time.Second), batchAt(3, t0.Add(-time.Minute)), false, time.Time{}, time.Millisecond)
 
-	// The lag is the pace's: b's full claim that found nothing shortened it for a.
-	require.Equal(t, claimFloorLagInit*3/4, a.floorLag())
+	// The lag is the pace's: b's slice found a slow enqueue below the floor.
+	require.Equal(t, 2*claimFloorLagInit, a.floorLag())
 	require.Equal(t, a.floorLag(), b.floorLag())
 }
 
-// TestReclaimFloorShared: runners sharing a reclaim floor make one full
-// reclaim per interval between them; the others look back to the last
-// reclaim that took all it found, whoever made it.
+// TestReclaimFloorShared: runners sharing a reclaim floor look back to the
+// last reclaim that took all it found, whoever made it, and share one sweep.
 func TestReclaimFloorShared(t *testing.T) {
 	t0 := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)
 	f := &reclaimFloor{}
-	_, full := f.next(t0)
-	require.True(t, full, "first reclaim")
-	f.done(t0, nil, true, 2*time.Second, 0, nil) // slow: the next full one in 100 s
-	lookback, full := f.next(t0.Add(50 * time.Second))
-	require.False(t, full)
-	require.Equal(t, 50*time.Second+reclaimMargin, lookback)
-	f.done(t0.Add(50*time.Second), nil, false, time.Millisecond, 0, nil)
-	_, full = f.next(t0.Add(100 * time.Second))
-	require.True(t, full, "due")
-	lookback, full = f.next(t0.Add(100500 * time.Millisecond))
-	require.False(t, full, "another runner's full reclaim began 0.5 s ago")
-	require.Equal(t, 50500*time.Millisecond+reclaimMargin, lookback, "back to the last reclaim that finished")
+	f.next(t0, nil)
+	f.done(t0, time.Millisecond, 0, nil)
+	_, ok := f.sweep.next(t0, 0, f.floor())
+	require.True(t, ok)
+	_, ok = f.sweep.next(t0, 0, f.floor())
+	require.False(t, ok, "another runner's slice is in flight")
+	require.Equal(t, 50*time.Second+reclaimMargin, f.next(t0.Add(50*time.Second), nil))
+	f.done(t0.Add(50*time.Second), time.Millisecond, 0, nil)
+	require.Equal(t, 500*time.Millisecond+reclaimMargin, f.next(t0.Add(50500*time.Millisecond), nil), "back to the last reclaim that finished")
 }

@@ -66,7 +66,7 @@ type Client struct {
 	runners   map[*Runner]struct{} // started and not yet stopped
 
 	pacesMu sync.Mutex
-	paces   map[string]*claimPace // per queue: the full claims and floor lag its runners share
+	paces   map[string]*claimPace // per queue: the sweep below the claim floors, and the floor lag, its runners share
 	quit    chan struct{}
 	bg      sync.WaitGroup
 }
@@ -80,7 +80,7 @@ func (c *Client) claimPace(queue string) *claimPace {
 	}
 	p := c.paces[queue]
 	if p == nil {
-		p = &claimPace{}
+		p = newClaimPace()
 		c.paces[queue] = p
 	}
 	return p

@@ -37,24 +37,29 @@
 // snapshot can still see the row. While one old snapshot lives — a pg_dump,
 // a long analytics query, an idle-in-transaction session, a replica with
 // hot_standby_feedback — those entries pile up, and a claim that starts at
-// the head visits them all. A Runner therefore starts its claims at a floor
-// just below the batches its last claims took (and scans the more urgent
-// priorities apart), so a claim costs about the batches it takes plus those
-// finished in the last second, however old the oldest snapshot is; it reads
-// from the head at start, after a writer change or a reclaim, and otherwise
-// every second, or less often while such full claims are slow (50 times
-// as long as the last one took, up to every 5 minutes, so that they take
-// about 2 % of a runner's time however many dead entries they walk). The
-// runners of one Client that serve the same queue share that interval: one
-// of them makes the full claim for all, and they share the floor's lag.
-// Batches that become claimable below the floor wait for the next full
-// claim: released and reclaimed batches (they keep their place in line),
-// batches enqueued with a RunAt in the past, and enqueues whose transaction
-// took longer than the floor's lag (a quarter of a second at first,
-// adapting between 50 ms and 5 s). Under a snapshot that is half an hour
-// old such a batch can wait minutes. Reclaims of expired leases look back only
-// to the runner's previous reclaim in the same way, and a runner vacuums the
-// hot table less often while its vacuums cannot remove what they find.
+// the head visits them all, and after half an hour of churn it no longer
+// fits in a round trip's timeout at all. A Runner therefore starts its
+// claims at a floor just below the batches its last claims took (and scans
+// the more urgent priorities apart), so a claim costs about the batches it
+// takes plus those finished in the last fraction of a second, however old
+// the oldest snapshot is. It reads from the head only at start; if that
+// claim times out, the floor starts at the database's clock. Below the
+// floor, a sweep finds batches that became claimable there: released and
+// reclaimed batches (they keep their place in line), batches enqueued with
+// a RunAt in the past, and enqueues whose transaction took longer than the
+// floor's lag (a quarter of a second at first, adapting between 50 ms and
+// 5 s). A pass of the sweep claims from slices of run_at, from the floor
+// down to the bottom of the index, each as wide as keeps its claim about
+// 10 ms dearer than an ordinary one, spaced so the sweep takes about 4 % of
+// the time; without an old snapshot a pass is a single claim, every
+// second. The runners of one Client that serve the same queue share the
+// sweep and the floor's lag. A batch below the floor waits at most two
+// passes: about a second normally, minutes under a snapshot that kept
+// millions of dead entries. Reclaims of expired leases look back only to
+// the previous reclaim, and sweep the lease index below that the same way;
+// the release of claims whose answer was lost reads only the leases taken
+// since. A runner vacuums the hot table in a loop of its own, less often
+// while its vacuums cannot remove what they find or run out of time.
 // Client.Claim always reads from the head.
 //
 // # Hooks

@@ -90,6 +90,7 @@ func (c *Client) Claim(ctx context.Context, p ClaimParams) ([]batch.Batch, error
 	// run: they are released by token afterwards, refunding the attempt.
 	var out []batch.Batch
 	var lost []int64
+	start := time.Now()
 	err := c.retry(ctx, "claim", true, func(ctx context.Context) error {
 		ctx, cancel := c.opContext(ctx)
 		defer cancel()
@@ -102,7 +103,7 @@ func (c *Client) Claim(ctx context.Context, p ClaimParams) ([]batch.Batch, error
 		return err
 	})
 	if len(lost) > 0 {
-		c.releaseLostClaims(ctx, p.Queue, lost)
+		c.releaseLostClaims(ctx, p.Queue, lost, lostClaimLookback(start, p.Lease))
 	}
 	return out, err
 }
@@ -111,14 +112,15 @@ func (c *Client) Claim(ctx context.Context, p ClaimParams) ([]batch.Batch, error
 // lost took, so that their batches are claimable at once with the attempt
 // refunded (no handler ran for them). It runs beyond the caller's
 // cancellation, within Config.RetryWindow; if it fails, those batches come
-// back when their lease expires, with the attempt counted.
-func (c *Client) releaseLostClaims(ctx context.Context, queue string, tokens []int64) {
+// back when their lease expires, with the attempt counted. The claims'
+// lookback (see lostClaimLookback) bounds the leases it reads.
+func (c *Client) releaseLostClaims(ctx context.Context, queue string, tokens []int64, lookback time.Duration) {
 	ctx = context.WithoutCancel(ctx)
 	var n int
 	err := c.retry(ctx, "release lost claims", true, func(ctx context.Context) error {
 		ctx, cancel := c.opContext(ctx)
 		defer cancel()
-		ids, err := idSet(c.db.Query(ctx, c.sql.releaseTokens, tokens))
+		ids, err := idSet(c.db.Query(ctx, c.sql.releaseTokens, tokens, lookback.Microseconds()))
 		n = len(ids)
 		return err
 	})
@@ -130,6 +132,14 @@ func (c *Client) releaseLostClaims(ctx context.Context, queue string, tokens []i
 	if n > 0 {
 		c.log.Info("released claims whose answer was lost", zap.String("queue", queue), zap.Int("batches", n))
 	}
+}
+
+// lostClaimLookback is how far back the leases of claims sent since
+// since with lease duration lease expire, at the earliest: the database
+// set them to its now() plus lease, and its clock had not read since then
+// yet (reclaimMargin covers the clocks' drift apart). Negative: not yet.
+func lostClaimLookback(since time.Time, lease time.Duration) time.Duration {
+	return time.Since(since) + reclaimMargin - lease
 }
 
 func (c *Client) claim(ctx context.Context, q querier, p ClaimParams, token int64) ([]batch.Batch, error) {
@@ -467,7 +477,7 @@ func (c *Client) updateLeasesOnce(ctx context.Context, q querier, op, query stri
 // reaches a writer. Reclaims through another Client (another process) take
 // them like any other expired lease.
 func (c *Client) ReclaimExpired(ctx context.Context, queue string) (available, dead int, err error) {
-	return c.reclaimExpired(ctx, queue, reclaimAll, nil)
+	return c.reclaimExpired(ctx, queue, reclaimAll, 0, nil, true)
 }
 
 // reclaimAll is a lookback that covers every lease there can be.
@@ -476,12 +486,14 @@ const reclaimAll = 100 * 365 * 24 * time.Hour
 // errReclaimHeld ends a reclaim its hold function stopped.
 var errReclaimHeld = errors.New("reclaim held off")
 
-// reclaimExpired is ReclaimExpired for leases that expired within lookback.
+// reclaimExpired is ReclaimExpired for leases that expired within lookback
+// and at least newer ago. Unless retry is set it makes one attempt: a slice
+// of a sweep that failed is swept again, narrower, rather than repeated.
 //
 // hold, if set, is asked before every attempt: when it says so, the call
 // ends with errReclaimHeld instead of (re)trying (see Runner.holdReclaims).
 
-func (c *Client) reclaimExpired(ctx context.Context, queue string, lookback time.Duration, hold func() bool) (available, dead int, err error) {
+func (c *Client) reclaimExpired(ctx context.Context, queue string, lookback, newer time.Duration, hold func() bool, retry bool) (available, dead int, err error) {
 	if err := c.check("reclaim"); err != nil {
 		return 0, 0, err
 	}
@@ -492,7 +504,7 @@ func (c *Client) reclaimExpired(ctx context.Context, queue string, lookback time
 		}
 		q = queue
 	}
-	err = c.retry(ctx, "reclaim", true, func(ctx context.Context) error {
+	attempt := func(ctx context.Context) error {
 		if hold != nil && hold() {
 			return errReclaimHeld
 		}
@@ -500,7 +512,7 @@ func (c *Client) reclaimExpired(ctx context.Context, queue string, lookback time
 		defer cancel()
 		available, dead = 0, 0
 		ids, tokens := c.heldRefs(queue)
-		rows, err := c.db.Query(ctx, c.sql.reclaim, q, reclaimLimit, lookback.Microseconds(), ids, tokens)
+		rows, err := c.db.Query(ctx, c.sql.reclaim, q, reclaimLimit, lookback.Microseconds(), ids, tokens, newer.Microseconds())
 		if err != nil {
 			return fmt.Errorf("reclaim expired leases: %w", err)
 		}
@@ -518,7 +530,12 @@ func (c *Client) reclaimExpired(ctx context.Context, queue string, lookback time
 			return fmt.Errorf("reclaim expired leases: %w", err)
 		}
 		return nil
-	})
+	}
+	if retry {
+		err = c.retry(ctx, "reclaim", true, attempt)
+	} else {
+		err = attempt(ctx)
+	}
 	return available, dead, err
 }
 

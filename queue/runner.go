@@ -86,11 +86,11 @@ type Runner struct {
 	kick    chan struct{} // internal wake-ups (reclaimed leases)
 	// cursor is the claim floor (claim loop only; its pace is the client's
 	// for the queue, shared with the client's other runners of it);
-	// fullClaimAsked makes the next claim a full one (set by the reclaim
-	// loop).
-	cursor         claimCursor
-	fullClaimAsked atomic.Bool
-	pace           *claimPace // the client's, for the queue: full claims, floor lag, reclaims
+	// sweepAsked starts the next pass of the sweep below the floor as
+	// soon as one may run (set by the reclaim loop).
+	cursor     claimCursor
+	sweepAsked atomic.Bool
+	pace       *claimPace // the client's, for the queue: the sweep below the floors, floor lag, reclaims
 	// troubleAt is when the runner last failed to reach a writer or saw the
 	// writer change (Unix nanoseconds): reclaims hold off for reclaimHold
 	// after it (see reclaimLoop).
@@ -199,10 +199,10 @@ func (j *job) outcome() jobOutcome {
 }
 
 type runnerCounters struct {
-	claimed, completed, retried, dead, released, leaseLost, panics atomic.Int64
-	heartbeatErrors, roundTripErrors, reclaimed                    atomic.Int64
-	retaken, reconfirms, fullClaims, flooredClaims, finishedBefore atomic.Int64
-	goexits, timedOut, abandoned, stuck                            atomic.Int64
+	claimed, completed, retried, dead, released, leaseLost, panics              atomic.Int64
+	heartbeatErrors, roundTripErrors, reclaimed                                 atomic.Int64
+	retaken, reconfirms, fullClaims, flooredClaims, sliceClaims, finishedBefore atomic.Int64
+	goexits, timedOut, abandoned, stuck                                         atomic.Int64
 }
 
 // RunnerStats are counters since the runner started.
@@ -229,11 +229,13 @@ type RunnerStats struct {
 	Reasserted      int64 // completions a new writer had lost, asserted again after a failover: the client's figure, shared by all its runners
 	Retaken         int64 // batches whose claim a new writer had lost, taken again under the same lease
 	Reconfirms      int64 // successful re-confirmations of all held leases after a writer change
-	// FullClaims and FlooredClaims count claims that read the claim index
-	// from its head and from the runner's claim floor (see "Old snapshots"
-	// in the package documentation).
+	// FullClaims, FlooredClaims and SliceClaims count claims that read the
+	// claim index from its head (at start), from the runner's claim floor,
+	// and a slice of the sweep below the floor (see "Old snapshots" in the
+	// package documentation).
 	FullClaims    int64
 	FlooredClaims int64
+	SliceClaims   int64
 	// FinishedBefore counts claimed batches that the client had completed
 	// on an earlier writer, which lost the completion: they were completed
 	// again without running their handler.
@@ -317,6 +319,7 @@ func (r *Runner) Stats() RunnerStats {
 		Retaken:         s.retaken.Load(),
 		Reconfirms:      s.reconfirms.Load(),
 		FullClaims:      s.fullClaims.Load(),
+		SliceClaims:     s.sliceClaims.Load(),
 		FinishedBefore:  s.finishedBefore.Load(),
 		FlooredClaims:   s.flooredClaims.Load(),
 		Running:         r.running(),

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"go.uber.org/zap"
 
 	"github.com/skiplock/skiplock/batch"
@@ -103,8 +104,14 @@ func (r *Runner) claimLoop() {
 				bo.Reset()
 				pending = retry
 				if n > 0 {
-					want = false
-					backlog = len(claimed) == n
+					if r.cursor.plan.kind == claimSlice {
+						// A slice below the floor says nothing of the
+						// batches above it: claim from the floor next.
+						want = true
+					} else {
+						want = false
+						backlog = len(claimed) == n
+					}
 					free -= len(claimed)
 					r.dispatch(claimed, sent)
 				}
@@ -144,7 +151,7 @@ func (r *Runner) claimLoop() {
 			r.c.advance(changed)
 			changed = watcher.WriterChanged()
 			r.troubleAt.Store(time.Now().UnixNano())
-			r.cursor.reset() // re-asserted batches may sit anywhere in line
+			r.cursor.shared().sweep.hurry() // re-asserted batches may sit anywhere in line
 			retryC = nil
 			want = true
 			bo.Reset()
@@ -235,7 +242,7 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 	a.queue(r.c, b)
 	lostTokens := r.lostClaimTokens()
 	if len(lostTokens) > 0 {
-		b.Queue(sql.releaseTokens, lostTokens)
+		b.Queue(sql.releaseTokens, lostTokens, lostClaimLookback(r.lostClaims[0].sent, r.cfg.LeaseDuration).Microseconds())
 	}
 	orphans := r.settledOrphans()
 	if len(orphans) > 0 {
@@ -245,16 +252,22 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 	token := newToken()
 	epoch, changed := r.c.done.epochNow(), r.c.writerChanged()
 	r.claimEpoch = epoch
-	var full bool
+	var plan claimPlan
 	if n > 0 {
-		var floorPriority int16
-		var floorRunAt time.Time
-		full, floorPriority, floorRunAt = r.cursor.next(time.Now(), r.fullClaimAsked.Swap(false))
-		if full {
-			b.Queue(sql.claim, r.cfg.Queue, n, token, r.cfg.Owner, r.cfg.LeaseDuration.Microseconds())
+		plan = r.cursor.next(time.Now(), r.sweepAsked.Swap(false))
+		lease := r.cfg.LeaseDuration.Microseconds()
+		switch plan.kind {
+		case claimFull:
+			b.Queue(sql.claim, r.cfg.Queue, n, token, r.cfg.Owner, lease)
 			b.Queue(sql.now)
-		} else {
-			b.Queue(sql.claimFrom, r.cfg.Queue, n, token, r.cfg.Owner, r.cfg.LeaseDuration.Microseconds(), floorPriority, floorRunAt)
+		case claimSlice:
+			lo := pgtype.Timestamptz{Time: plan.slice.lo, Valid: true}
+			if plan.slice.bottom() {
+				lo = pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
+			}
+			b.Queue(sql.claimSlice, r.cfg.Queue, n, token, r.cfg.Owner, lease, plan.slice.key, lo, plan.slice.hi)
+		default:
+			b.Queue(sql.claimFrom, r.cfg.Queue, n, token, r.cfg.Owner, lease, plan.priority, plan.runAt)
 		}
 	}
 
@@ -277,7 +290,7 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 		if rows, err = br.Query(); err == nil {
 			claimed, err = collectBatches(rows, n, r.cfg.Queue)
 		}
-		if full && err == nil {
+		if plan.kind == claimFull && err == nil {
 			err = br.QueryRow().Scan(&dbNow)
 		}
 	}
@@ -286,12 +299,18 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 	}
 	if n > 0 {
 		if err != nil {
-			r.cursor.reset()
+			if plan.kind == claimFull && errors.Is(err, context.DeadlineExceeded) {
+				dbNow = r.clockBefore(sent)
+			}
+			r.cursor.failed(time.Now(), dbNow, err)
 		} else {
-			r.cursor.done(claimed, dbNow, time.Since(sent))
-			if full {
+			r.cursor.done(time.Now(), claimed, len(claimed) == n, dbNow, time.Since(sent))
+			switch plan.kind {
+			case claimFull:
 				r.stats.fullClaims.Add(1)
-			} else {
+			case claimSlice:
+				r.stats.sliceClaims.Add(1)
+			default:
 				r.stats.flooredClaims.Add(1)
 			}
 		}
@@ -352,6 +371,19 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 	}
 	r.settle(epoch, closed(changed), completes, completed, fails, res.failed, releases, res.released)
 	return claimed, sent, retry, nil
+}
+
+// clockBefore returns the database's clock at t (local), or zero if the
+// database cannot tell within a round trip's timeout: where the floor
+// starts after a full claim that timed out (see claimCursor.failed).
+func (r *Runner) clockBefore(t time.Time) time.Time {
+	ctx, cancel := context.WithTimeout(context.Background(), r.rtTimeout)
+	defer cancel()
+	var now time.Time
+	if err := r.c.db.QueryRow(ctx, r.c.sql.now).Scan(&now); err != nil {
+		return time.Time{}
+	}
+	return now.Add(-time.Since(t))
 }
 
 // lostClaim is a claim whose round trip failed after it may have reached

@@ -46,10 +46,11 @@ func (r *Runner) Start(ctx context.Context) error {
 
 	bgCtx, bgCancel := context.WithCancel(context.Background())
 	r.bgCancel = bgCancel
-	r.bg.Add(4)
+	r.bg.Add(5)
 	go r.heartbeatLoop(bgCtx)
 	go r.reconfirmLoop(bgCtx)
 	go r.reclaimLoop(bgCtx)
+	go r.maintainLoop(bgCtx)
 	go r.fenceLoop(bgCtx)
 	r.workers.Add(r.cfg.Concurrency)
 	for i := 0; i < r.cfg.Concurrency; i++ {
@@ -241,14 +242,34 @@ func (r *Runner) StopAndCancel(ctx context.Context) error {
 // Stopped returns a channel closed once Stop has finished.
 func (r *Runner) Stopped() <-chan struct{} { return r.stopped }
 
-// reclaimLoop makes expired leases of the queue claimable again, vacuums
-// the hot table, and prunes old completion records and keys now and then.
+// reclaimLoop makes expired leases of the queue claimable again.
 func (r *Runner) reclaimLoop(ctx context.Context) {
 	defer r.bg.Done()
 	t := time.NewTicker(r.cfg.ReclaimInterval)
 	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if r.holdReclaims() {
+				continue
+			}
+			err := r.reclaimRound(ctx)
+			if err != nil && !errors.Is(err, errReclaimHeld) && ctx.Err() == nil {
+				r.log.Warn("reclaim of expired leases failed", zap.Error(err))
+			}
+		}
+	}
+}
+
+// maintainLoop vacuums the hot table, and prunes old completion records
+// and keys now and then. It has a loop of its own: under an old snapshot a
+// vacuum reads a table that only grows, for as long as a round trip may
+// take, and reclaims must not wait for it.
+func (r *Runner) maintainLoop(ctx context.Context) {
+	defer r.bg.Done()
 	var pruneC, vacuumC <-chan time.Time
-	floor := &r.pace.reclaim
 	pace := vacuumPace{base: r.cfg.VacuumInterval}
 	if r.cfg.PruneInterval > 0 {
 		pt := time.NewTicker(r.cfg.PruneInterval)
@@ -264,45 +285,20 @@ func (r *Runner) reclaimLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-			if r.holdReclaims() {
-				continue
-			}
-			start, changed := time.Now(), r.c.writerChanged()
-			lookback, full := floor.next(start)
-			// The hold is asked again before every retry: a reclaim that
-			// retried through an outage would land the moment it ends.
-			avail, dead, err := r.c.reclaimExpired(ctx, r.cfg.Queue, lookback, r.holdReclaims)
-			if errors.Is(err, errReclaimHeld) {
-				continue
-			}
-			floor.done(start, changed, full, time.Since(start), avail+dead, err)
-			if err != nil {
-				if ctx.Err() == nil {
-					r.log.Warn("reclaim of expired leases failed", zap.Error(err))
-				}
-				continue
-			}
-			if avail+dead > 0 {
-				r.stats.reclaimed.Add(int64(avail + dead))
-				if r.events != nil {
-					r.events.emit(Event{Kind: EventReclaimed, Queue: r.cfg.Queue, Count: avail + dead})
-				}
-				r.log.Info("reclaimed expired leases", zap.Int("available", avail), zap.Int("dead", dead))
-				r.fullClaimAsked.Store(true) // they keep their place in line, below the claim floor
-				wakeUp(r.kick)
-			}
 		case <-vacuumC:
 			t0 := time.Now()
+			if !pace.due(t0) {
+				continue
+			}
 			v, err := r.c.vacuum(ctx, pace.interval())
-			pace.done(v)
+			pace.done(time.Now(), v, err)
 			switch {
 			case errors.Is(err, ErrVacuumNotPermitted):
 				r.log.Warn("cannot vacuum the batch table; leaving it to autovacuum", zap.Error(err))
 				vacuumC = nil
 			case err != nil:
 				if ctx.Err() == nil {
-					r.log.Warn("vacuum failed", zap.Error(err))
+					r.log.Warn("vacuum failed", zap.Error(err), zap.Duration("next_in", pace.interval()))
 				}
 			case v.ineffective():
 				r.log.Info("vacuum of the batch table removed little: a snapshot still sees the dead rows; vacuuming less often until it ends",
@@ -321,6 +317,74 @@ func (r *Runner) reclaimLoop(ctx context.Context) {
 			r.log.Debug("pruned", zap.Int64("completion_records", done), zap.Int64("keys", keys))
 		}
 	}
+}
+
+// reclaimRound reclaims the queue's expired leases: those that expired
+// since the last reclaim (and reclaimMargin before it), then the slices of
+// the sweep below that are due within half a reclaim interval.
+func (r *Runner) reclaimRound(ctx context.Context) error {
+	f := &r.pace.reclaim
+	start := time.Now()
+	lookback := f.next(start, r.c.writerChanged())
+	// The hold is asked again before every retry: a reclaim that retried
+	// through an outage would land the moment it ends.
+	avail, dead, err := r.c.reclaimExpired(ctx, r.cfg.Queue, lookback, 0, r.holdReclaims, true)
+	if errors.Is(err, errReclaimHeld) {
+		return err
+	}
+	f.done(start, time.Since(start), avail+dead, err)
+	r.noteReclaimed(avail, dead)
+	if err != nil {
+		return err
+	}
+	until := start.Add(r.cfg.ReclaimInterval / 2)
+	for {
+		now := time.Now()
+		sl, ok := f.sweep.next(now, 0, f.floor())
+		if !ok {
+			due := f.sweep.dueAt()
+			if !due.After(now) || due.After(until) {
+				return nil // no pass due yet, or the next slice is for a later round
+			}
+			t := time.NewTimer(due.Sub(now))
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+			continue
+		}
+		older, newer := reclaimAll, max(now.Sub(sl.hi), 0)
+		if !sl.bottom() {
+			older = now.Sub(sl.lo)
+		}
+		avail, dead, err := r.c.reclaimExpired(ctx, r.cfg.Queue, older, newer, r.holdReclaims, false)
+		if errors.Is(err, errReclaimHeld) {
+			f.sweep.abandon(sl)
+			return err
+		}
+		f.sweep.done(time.Now(), sl, time.Since(now), avail+dead >= reclaimLimit, false, err)
+		r.noteReclaimed(avail, dead)
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// noteReclaimed counts, reports and logs reclaimed leases, and has the
+// claim loop sweep below its floor for them: they keep their place in line.
+func (r *Runner) noteReclaimed(avail, dead int) {
+	if avail+dead == 0 {
+		return
+	}
+	r.stats.reclaimed.Add(int64(avail + dead))
+	if r.events != nil {
+		r.events.emit(Event{Kind: EventReclaimed, Queue: r.cfg.Queue, Count: avail + dead})
+	}
+	r.log.Info("reclaimed expired leases", zap.Int("available", avail), zap.Int("dead", dead))
+	r.sweepAsked.Store(true)
+	wakeUp(r.kick)
 }
 
 // reclaimHold is how long after the runner last failed to reach a writer

@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/skiplock/skiplock/batch"
 	"github.com/skiplock/skiplock/queue"
@@ -299,4 +301,94 @@ func explainFloored(t *testing.T, e *env, mode, sql string) string {
 	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)
 	return strings.Join(lines, "\n")
+}
+
+// TestRunnerOutlivesDeadEntriesBeyondItsTimeout: an old snapshot has kept
+// more dead entries at the head of the claim index, and of the lease index,
+// than a round trip can walk within its timeout (what half an hour of churn
+// under a pg_dump leaves, here made in bulk: 2.5M batches claimed, their
+// leases expired, and deleted while the snapshot lives). A claim or a
+// reclaim that starts at the head of either index cannot finish; the
+// runner must still run new batches, a batch with a RunAt below all the
+// dead entries, and the expired lease of a crashed worker among them.
+func TestRunnerOutlivesDeadEntriesBeyondItsTimeout(t *testing.T) {
+	t.Parallel()
+	const opTimeout = 100 * time.Millisecond
+	// The runner's log goes with the test's output: shown if it fails.
+	e := newEnv(t, &queue.Config{OpTimeout: opTimeout, Logger: zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))})
+	ctx := testContext(t)
+	e.exec(`INSERT INTO ` + e.q("batch") + ` (queue, max_attempts, run_at)
+		SELECT 'work', 1, now() - interval '30 minutes' + g * interval '500 microseconds' FROM generate_series(1, 2500000) g`)
+	e.holdSnapshot(ctx)
+	e.exec(`UPDATE ` + e.q("batch") + ` SET state = 'running', attempt = 1, lease_token = 1, lease_owner = 'gone',
+		lease_expires_at = run_at WHERE queue = 'work'`)
+	e.exec(`DELETE FROM ` + e.q("batch") + ` WHERE queue = 'work'`)
+
+	// The premise: a claim from the head of the index takes longer than a
+	// round trip may.
+	full, _ := queue.ClaimStatements(e.client)
+	func() {
+		tx, err := e.pool.Begin(ctx)
+		require.NoError(t, err)
+		defer func() { _ = tx.Rollback(ctx) }()
+		start := time.Now()
+		_, err = tx.Exec(ctx, full, "work", 100, int64(1), "test", time.Minute.Microseconds())
+		require.NoError(t, err)
+		took := time.Since(start)
+		t.Logf("a full claim over 2.5M dead entries took %v", took)
+		require.Greater(t, took, opTimeout)
+	}()
+
+	special := func(p queue.EnqueueParams) int64 {
+		p.Queue, p.Meta = "work", batch.Meta{URI: "s3://below/floor", EventCount: 7}
+		id, err := e.client.Enqueue(ctx, p)
+		require.NoError(t, err)
+		return id.ID
+	}
+	want := map[int64]string{special(queue.EnqueueParams{RunAt: time.Now().Add(-2 * time.Hour)}): "run_at below every dead entry"}
+	crashed := special(queue.EnqueueParams{RunAt: time.Now().Add(time.Hour)})
+	want[crashed] = "reclaimed"
+	e.exec("UPDATE "+e.q("batch")+` SET state = 'running', run_at = now() - interval '20 minutes', lease_token = 1,
+		lease_owner = 'gone', attempt = 1, lease_expires_at = now() - interval '20 minutes' WHERE id = $1`, crashed)
+
+	var handled atomic.Int64
+	seen := make(chan int64, 16)
+	r := startRunner(t, e.client, queue.RunnerConfig{
+		Queue: "work", Concurrency: 50, PollInterval: 50 * time.Millisecond, ReclaimInterval: 100 * time.Millisecond,
+		Handler: func(ctx context.Context, b *batch.Batch) error {
+			handled.Add(1)
+			if b.Meta.EventCount == 7 {
+				seen <- b.ID
+			}
+			return nil
+		},
+	})
+	started := time.Now()
+	enqueueN(t, e.client, "work", 500)
+	deadline := time.After(90 * time.Second)
+	for len(want) > 0 {
+		select {
+		case id := <-seen:
+			t.Logf("%s: run %v after the runner started", want[id], time.Since(started).Round(time.Millisecond))
+			delete(want, id)
+		case <-deadline:
+			t.Fatalf("not run within 90 s: %v; runner: %+v", want, r.Stats())
+		}
+	}
+	waitFor(t, 30*time.Second, "the 500 new batches handled", func() bool { return handled.Load() == 502 })
+	s := r.Stats()
+	if e.count("WHERE queue = 'work'") > 0 {
+		var left []string
+		rows, err := e.pool.Query(ctx, "SELECT format('%s %s attempt %s lease %s run_at %s', id, state, attempt, lease_expires_at, run_at) FROM "+e.q("batch"))
+		require.NoError(t, err)
+		left, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		t.Logf("left: %v", left)
+	}
+	t.Logf("%+v", r.Stats())
+	t.Logf("runner: %d full, %d floored, %d slice claims, %d round trip errors, %d reclaimed",
+		s.FullClaims, s.FlooredClaims, s.SliceClaims, s.RoundTripErrors, s.Reclaimed)
+	require.Positive(t, s.SliceClaims)
+	require.Equal(t, int64(1), s.Reclaimed)
+	waitFor(t, 30*time.Second, "every batch completed", func() bool { return e.count("WHERE queue = 'work'") == 0 })
 }

@@ -186,6 +186,22 @@ rest AS (
 ` + sqlTakeLease + `WHERE b.id = ANY (ARRAY(SELECT id FROM urgent UNION ALL SELECT id FROM rest))
 RETURNING ` + batchColumns
 
+	// Claim from a slice of the sweep below the floor (see sweep): like
+	// sqlClaim, but only batches of priority $6 with run_at in [$7, $8),
+	// so the scan walks only the index entries of that range ($7 may be
+	// -infinity).
+	sqlClaimSlice = `WITH below AS (
+    SELECT id FROM {s}.batch
+    WHERE queue = $1 AND state = 'available' AND run_at <= now()
+        AND priority = $6 AND run_at >= $7 AND run_at < $8
+        AND NOT EXISTS (SELECT 1 FROM {s}.queue_setting s WHERE s.queue = $1 AND s.paused)
+    ORDER BY priority, run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+` + sqlTakeLease + `WHERE b.id = ANY (ARRAY(SELECT id FROM below))
+RETURNING ` + batchColumns
+
 	// The database's clock, sent with a full claim (see claimCursor.done).
 	sqlNow = `SELECT now()`
 
@@ -318,15 +334,17 @@ WHERE b.id = r.id AND b.lease_token = r.token
 RETURNING b.id`
 
 	// Reclaim expired leases of queue $1 (all queues when NULL), at most $2,
-	// that expired less than $3 µs ago: available again, or dead when that was
-	// the last attempt. The lower bound lets a runner skip the index entries
-	// of leases that ended long ago (see reclaimFloor). Leases ($4 ids, $5
+	// that expired less than $3 µs and at least $6 µs ago (0: every expired
+	// lease within $3): available again, or dead when that was the last
+	// attempt. The bounds let a runner skip the index entries of leases that
+	// ended long ago, or sweep them a slice at a time (see reclaimFloor). Leases ($4 ids, $5
 	// tokens) that a runner of the reclaiming client still holds are left
 	// alone (see Client.heldRefs).
 	sqlReclaim = `WITH expired AS (
     SELECT id FROM {s}.batch
-    WHERE state = 'running' AND lease_expires_at < now() AND ($1::text IS NULL OR queue = $1)
+    WHERE state = 'running' AND ($1::text IS NULL OR queue = $1)
         AND lease_expires_at >= now() - $3::float8 * interval '1 microsecond'
+        AND lease_expires_at < now() - $6::float8 * interval '1 microsecond'
         AND NOT EXISTS (SELECT 1 FROM unnest($4::int8[], $5::int8[]) AS h(id, token)
             WHERE h.id = batch.id AND h.token = batch.lease_token)
     ORDER BY lease_expires_at
@@ -488,12 +506,16 @@ SELECT id, lease_token, true FROM retaken`
 
 	// Release every batch still held under lease tokens $1: claims whose
 	// answer was lost (the runner chose the token, never ran a handler for
-	// them), so the attempt is refunded. Served by the partial index on
-	// running rows (batch_lease_idx); see TestReleaseTokensPlan.
+	// them), so the attempt is refunded. Their leases expire no earlier than
+	// $2 µs ago (the claims were sent since): the bound keeps the scan of the
+	// partial index on running rows (batch_lease_idx) to the leases taken
+	// since, not every entry an old snapshot keeps; see
+	// TestReleaseTokensPlan.
 	sqlReleaseTokens = `UPDATE {s}.batch b SET
     state = 'available', attempt = greatest(b.attempt - 1, 0),
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE b.state = 'running' AND b.lease_token = ANY ($1::int8[])
+    AND b.lease_expires_at >= now() - $2::float8 * interval '1 microsecond'
 RETURNING b.id`
 
 	// Operators' listing: batches of queue $1 in state $2 ('available',
@@ -562,7 +584,7 @@ SELECT coalesce((SELECT array_agg(id ORDER BY id) FROM held), '{}'),
 
 // statements is the package's SQL with the schema substituted.
 type statements struct {
-	enqueue, enqueueKeyless, takeIDs, wake, keyLookup, claim, claimFrom, now, complete, reassertKeys, reassertComplete, completeRepeat, fail, extend, release, reclaim string
+	enqueue, enqueueKeyless, takeIDs, wake, keyLookup, claim, claimFrom, claimSlice, now, complete, reassertKeys, reassertComplete, completeRepeat, fail, extend, release, reclaim string
 	vacuumDue, vacuum, deadTuples, table,
 	check, get, done, listDead, requeueDead, setPaused, paused, stats, pruneDone, pruneKeys, pruneOldKeys string
 	reconfirm, releaseTokens string
@@ -583,6 +605,7 @@ func newStatements(schema string) *statements {
 		keyLookup:        sub(sqlKeyLookup),
 		claim:            sub(sqlClaim),
 		claimFrom:        sub(sqlClaimFrom),
+		claimSlice:       sub(sqlClaimSlice),
 		now:              sqlNow,
 		complete:         sub(sqlComplete),
 		reassertKeys:     sub(sqlReassertKeys),

@@ -132,10 +132,12 @@ type claimStart struct {
 	stmt time.Duration
 }
 
-// skiplockClaimKind recognizes skiplock's two claim statements (queue/sql.go).
+// skiplockClaimKind recognizes skiplock's claim statements (queue/sql.go):
+// "full" are the ones that read below the claim floor (the full claim at
+// start, and the slices of the sweep below the floor).
 func skiplockClaimKind(sql string) (claim, full bool) {
 	switch {
-	case strings.HasPrefix(sql, "WITH picked AS (") && strings.Contains(sql, "SKIP LOCKED"):
+	case (strings.HasPrefix(sql, "WITH picked AS (") || strings.HasPrefix(sql, "WITH below AS (")) && strings.Contains(sql, "SKIP LOCKED"):
 		return true, true
 	case strings.HasPrefix(sql, "WITH urgent AS (") && strings.Contains(sql, "SKIP LOCKED"):
 		return true, false
@@ -402,7 +404,7 @@ func (s *skiplockChurn) completed() int64 { return s.done.Load() }
 func (s *skiplockChurn) claimCounts() (full, floored int64) {
 	for _, r := range s.runners {
 		st := r.Stats()
-		full += st.FullClaims
+		full += st.FullClaims + st.SliceClaims
 		floored += st.FlooredClaims
 	}
 	return full, floored
