@@ -34,17 +34,20 @@ import (
 //     failed).
 //
 // A pass below the floor finds those: a sweep of the floor's priority from
-// the floor down to the bottom of the index, in slices of run_at, each one
-// claim. A slice's width adapts to what its claim costs (sliceTarget): under
+// the floor down to the bottom of the index, in slices of run_at, each
+// riding along with one floored claim (a third scan, between the other
+// two). A slice's width adapts to what its claim costs (sliceTarget): under
 // an old snapshot the region below the floor is where the dead entries are,
 // and a claim that walked all of them at once (a full claim) would take
 // longer with every batch finished, seconds after minutes, until it no
 // longer fits in a round trip's timeout at all. Slices keep each claim
-// short, and their pace (one slice per sweepCost times its round trip at
-// most) keeps the sweep to a few percent of the runners' time and the
-// server's; a pass starts at most every fullScanMin. Without a snapshot a
-// slice reaches the bottom at once and a pass is one claim, as cheap as the
-// floored ones. A batch behind the floor waits at most two passes beyond
+// short, and their pace (after a slice, the next no sooner than
+// sweepCost times what it cost beyond an ordinary claim) keeps the sweep to
+// about 2 % of the server's time; a pass starts at most every fullScanMin.
+// Without a snapshot, a pass is a slice through the few entries not yet
+// vacuumed below the floor and a few cheap ones down to the bottom, about
+// what one claim from the head used to cost. A batch behind the floor waits
+// at most two passes beyond
 // its turn: about a second normally, minutes under a snapshot that kept
 // millions of dead entries. A claim filled by a slice is repeated before
 // the pass goes on. A runner claims from the head of the index (a full
@@ -53,7 +56,7 @@ import (
 // and the pass finds what lies below.
 //
 // The lag is what a claim still walks under an old snapshot (the batches
-// finished in the last lag), so it adapts: a slice that finds a batch of
+// finished in the last lag), so it adapts: a pass that finds a batch of
 // the floor's priority below the floor, claimed for the first time (an
 // enqueue slower than the lag, most likely), doubles it, up to
 // claimFloorLagMax; a pass that finds none takes a quarter off, down to
@@ -64,10 +67,6 @@ const (
 	claimFloorLagMax  = 5 * time.Second
 	fullScanMin       = time.Second
 )
-
-// sliceGapMin is the least time between two slices of the claim sweep:
-// a slice takes a runner's round trip from its floored claims.
-const sliceGapMin = 50 * time.Millisecond
 
 // claimPace is what the runners of one client that serve one queue share
 // of their claim floors: the sweep below them, the floor's lag, and the
@@ -83,14 +82,10 @@ type claimPace struct {
 	reclaim reclaimFloor
 }
 
-func newClaimPace() *claimPace {
-	p := &claimPace{}
-	p.sweep.gapMin = sliceGapMin
-	return p
-}
+func newClaimPace() *claimPace { return &claimPace{} }
 
-// adaptLag doubles the lag after a slice found a batch the floor had
-// missed, and takes a quarter off after a pass that found none.
+// adaptLag doubles the lag after a pass of the sweep found a batch the
+// floor had missed, and takes a quarter off after a pass that found none.
 func (p *claimPace) adaptLag(missed bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -120,15 +115,25 @@ type claimKind uint8
 const (
 	claimFloored claimKind = iota // from the floor, after the batches more urgent than its priority
 	claimFull                     // from the head
-	claimSlice                    // a slice of the sweep below the floor
+	claimSlice                    // from the floor, with a slice of the sweep below it
 )
 
 // claimPlan is what the next claim reads.
 type claimPlan struct {
 	kind     claimKind
-	priority int16     // claimFloored: the floor
-	runAt    time.Time // claimFloored: the floor
+	priority int16     // claimFloored, claimSlice: the floor
+	runAt    time.Time // claimFloored, claimSlice: the floor
 	slice    slice     // claimSlice
+}
+
+// sliceHi is the upper bound of the slice as claimed: the pass's, or the
+// floor if that is lower (another runner began the pass from a higher
+// floor; the claim from the floor reads the rest).
+func (p claimPlan) sliceHi() time.Time {
+	if p.runAt.Before(p.slice.hi) {
+		return p.runAt
+	}
+	return p.slice.hi
 }
 
 // claimCursor is a runner's claim floor. Only the claim loop uses it; its
@@ -164,10 +169,9 @@ func (c *claimCursor) next(now time.Time, asked bool) claimPlan {
 		if asked {
 			pace.sweep.hurry()
 		}
+		c.plan = claimPlan{kind: claimFloored, priority: c.priority, runAt: c.runAt}
 		if sl, ok := pace.sweep.next(now, c.priority, c.runAt); ok {
-			c.plan = claimPlan{kind: claimSlice, slice: sl}
-		} else {
-			c.plan = claimPlan{kind: claimFloored, priority: c.priority, runAt: c.runAt}
+			c.plan.kind, c.plan.slice = claimSlice, sl
 		}
 	}
 	return c.plan
@@ -190,16 +194,23 @@ func (c *claimCursor) done(now time.Time, claimed []batch.Batch, filled bool, db
 	case claimFloored:
 		pace.sweep.observe(took)
 	case claimSlice:
-		missed := slices.ContainsFunc(claimed, func(b batch.Batch) bool {
-			return b.Attempt == 1 && b.Priority == c.priority && b.RunAt.Before(c.runAt)
-		})
-		if missed {
-			pace.adaptLag(true)
+		// The slice's batches are those of the floor's priority below its
+		// upper bound; it was filled if they took all the claim had room
+		// for after the urgent ones.
+		var below, above int
+		missed := false
+		for _, b := range claimed {
+			switch {
+			case b.Priority == c.plan.priority && b.RunAt.Before(c.plan.sliceHi()):
+				below++
+				missed = missed || b.Attempt == 1
+			case b.Priority >= c.plan.priority:
+				above++
+			}
 		}
-		if ended, passMissed := pace.sweep.done(now, c.plan.slice, took, filled, missed, nil); ended && !passMissed {
-			pace.adaptLag(false)
+		if ended, passMissed := pace.sweep.done(now, c.plan.slice, took, filled && below > 0 && above == 0, missed, nil); ended {
+			pace.adaptLag(passMissed)
 		}
-		return
 	}
 	lag := pace.floorLag()
 	var p int16

@@ -63,12 +63,22 @@ func TestClaimCursor(t *testing.T) {
 	require.Equal(t, int16(2), p.slice.key)
 	require.Equal(t, t0.Add(-claimFloorLagInit), p.slice.hi)
 	require.Equal(t, p.slice.hi.Add(-sliceWidthInit), p.slice.lo)
-	// A slice that found a batch below the floor leaves the floor alone.
-	c.done(t0.Add(time.Second), []batch.Batch{b(6, 2, t0.Add(-10*time.Second))}, false, time.Time{}, time.Millisecond)
-	p = c.next(t0.Add(1010*time.Millisecond), false)
-	require.Equal(t, claimFloored, p.kind, "slices are at least sliceGapMin apart")
+	// A slice rides along with a claim from the floor. One that found a
+	// batch below the floor leaves the floor alone; a cheap one is
+	// followed by the next slice at once, further down.
 	require.Equal(t, t0.Add(-claimFloorLagInit), p.runAt)
-	c.done(t0.Add(1010*time.Millisecond), nil, false, time.Time{}, time.Millisecond)
+	c.done(t0.Add(time.Second), []batch.Batch{b(6, 2, t0.Add(-10*time.Second))}, false, time.Time{}, time.Millisecond)
+	p2 := c.next(t0.Add(1010*time.Millisecond), false)
+	require.Equal(t, claimSlice, p2.kind)
+	require.Equal(t, p.slice.lo, p2.slice.hi)
+	require.Equal(t, t0.Add(-claimFloorLagInit), p2.runAt)
+	// A dear one (1 s more than a floored claim) holds the next off for 50 s.
+	c.done(t0.Add(1010*time.Millisecond), nil, false, time.Time{}, time.Second+time.Millisecond)
+	p = c.next(t0.Add(50*time.Second), false)
+	require.Equal(t, claimFloored, p.kind)
+	c.done(t0.Add(50*time.Second), nil, false, time.Time{}, time.Millisecond)
+	require.Equal(t, claimSlice, c.next(t0.Add(52*time.Second), false).kind)
+	c.done(t0.Add(52*time.Second), nil, false, time.Time{}, time.Millisecond)
 
 	// A failed claim keeps the floor.
 	c.next(t0.Add(1020*time.Millisecond), false)
@@ -93,7 +103,7 @@ func TestClaimCursorFullClaimTimesOut(t *testing.T) {
 	require.Equal(t, t0.Add(11*time.Second-claimFloorLagInit), p.slice.hi)
 	for at := t0.Add(22 * time.Second); p.kind == claimSlice; p = c.next(at, false) {
 		c.done(at, nil, false, time.Time{}, time.Millisecond)
-		at = at.Add(sliceGapMin)
+		at = at.Add(50 * time.Millisecond)
 	}
 	require.Equal(t, claimFloored, p.kind, "the pass reached the bottom")
 	require.Equal(t, t0.Add(11*time.Second-claimFloorLagInit), p.runAt)
@@ -118,13 +128,13 @@ func TestSweep(t *testing.T) {
 	_, ok = s.next(now, 0, floor)
 	require.False(t, ok, "one slice in flight")
 	// Dear: 202 ms, 200 beyond the base: a twentieth of the width, and the
-	// next slice 25 × 200 ms later.
+	// next slice 50 × 200 ms later.
 	now = now.Add(202 * time.Millisecond)
 	ended, _ := s.done(now, sl, 202*time.Millisecond, false, false, nil)
 	require.False(t, ended)
-	_, ok = s.next(now.Add(4999*time.Millisecond), 0, floor)
+	_, ok = s.next(now.Add(9999*time.Millisecond), 0, floor)
 	require.False(t, ok)
-	now = now.Add(5 * time.Second)
+	now = now.Add(10 * time.Second)
 	sl2, ok := s.next(now, 0, floor)
 	require.True(t, ok)
 	require.Equal(t, sl.lo, sl2.hi, "the pass moves down")
@@ -170,11 +180,11 @@ func TestSweep(t *testing.T) {
 	// priority (the floor moved on) starts over at once.
 	s.done(now, sl, 50*time.Millisecond, false, false, nil)
 	s.hurry()
-	sl, ok = s.next(now.Add(2*time.Second), 0, floor)
-	require.True(t, ok)
+	sl, ok = s.next(now.Add(3*time.Second), 0, floor)
+	require.True(t, ok, "48 ms beyond the base: the next slice 2.4 s later")
 	require.Equal(t, floor.Add(-first), sl.hi)
-	s.done(now.Add(2*time.Second), sl, 3*time.Millisecond, false, false, nil)
-	sl, ok = s.next(now.Add(3*time.Second), 3, floor)
+	s.done(now.Add(3*time.Second), sl, 3*time.Millisecond, false, false, nil)
+	sl, ok = s.next(now.Add(4*time.Second), 3, floor)
 	require.True(t, ok)
 	require.Equal(t, int16(3), sl.key)
 	require.Equal(t, floor, sl.hi)
@@ -206,7 +216,7 @@ func TestClaimFloorLagAdapts(t *testing.T) {
 			require.Equal(t, claimSlice, p.kind)
 			c.done(at, claimed, false, time.Time{}, time.Millisecond)
 			claimed = nil
-			at = at.Add(sliceGapMin)
+			at = at.Add(50 * time.Millisecond)
 			p = c.next(at, false)
 		}
 	}
@@ -315,15 +325,20 @@ func TestClaimPaceShared(t *testing.T) {
 	require.Equal(t, claimSlice, p.kind, "a pass is due")
 	require.Equal(t, claimFloored, b.next(t0.Add(2*time.Second), false).kind, "a's slice is in flight")
 	b.done(t0.Add(2*time.Second), nil, false, time.Time{}, time.Millisecond)
-	a.done(t0.Add(2*time.Second), nil, false, time.Time{}, 300*time.Millisecond) // dear: the next slice 7 s later
-	require.Equal(t, claimFloored, b.next(t0.Add(8*time.Second), false).kind, "a's slice was b's too")
-	b.done(t0.Add(8*time.Second), nil, false, time.Time{}, time.Millisecond)
-	p2 := b.next(t0.Add(10*time.Second), false)
+	a.done(t0.Add(2*time.Second), nil, false, time.Time{}, 300*time.Millisecond) // dear: the next slice 15 s later
+	require.Equal(t, claimFloored, b.next(t0.Add(16*time.Second), false).kind, "a's slice was b's too")
+	b.done(t0.Add(16*time.Second), nil, false, time.Time{}, time.Millisecond)
+	p2 := b.next(t0.Add(18*time.Second), false)
 	require.Equal(t, claimSlice, p2.kind)
 	require.Equal(t, p.slice.lo, p2.slice.hi, "b goes on where a left off")
-	b.done(t0.Add(10*time.Second), batchAt(3, t0.Add(-time.Minute)), false, time.Time{}, time.Millisecond)
+	b.done(t0.Add(18*time.Second), batchAt(3, p2.slice.hi.Add(-time.Second)), false, time.Time{}, time.Millisecond)
+	for i := 0; pace.sweep.active; i++ { // to the end of the pass
+		require.Less(t, i, 30)
+		require.Equal(t, claimSlice, b.next(t0.Add(18*time.Second), false).kind, "cheap slices follow at once")
+		b.done(t0.Add(18*time.Second), nil, false, time.Time{}, time.Millisecond)
+	}
 
-	// The lag is the pace's: b's slice found a slow enqueue below the floor.
+	// The lag is the pace's: b's pass found a slow enqueue below the floor.
 	require.Equal(t, 2*claimFloorLagInit, a.floorLag())
 	require.Equal(t, a.floorLag(), b.floorLag())
 }

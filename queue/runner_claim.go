@@ -104,14 +104,8 @@ func (r *Runner) claimLoop() {
 				bo.Reset()
 				pending = retry
 				if n > 0 {
-					if r.cursor.plan.kind == claimSlice {
-						// A slice below the floor says nothing of the
-						// batches above it: claim from the floor next.
-						want = true
-					} else {
-						want = false
-						backlog = len(claimed) == n
-					}
+					want = false
+					backlog = len(claimed) == n
 					free -= len(claimed)
 					r.dispatch(claimed, sent)
 				}
@@ -265,7 +259,7 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 			if plan.slice.bottom() {
 				lo = pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
 			}
-			b.Queue(sql.claimSlice, r.cfg.Queue, n, token, r.cfg.Owner, lease, plan.slice.key, lo, plan.slice.hi)
+			b.Queue(sql.claimSlice, r.cfg.Queue, n, token, r.cfg.Owner, lease, plan.priority, plan.runAt, lo, plan.sliceHi())
 		default:
 			b.Queue(sql.claimFrom, r.cfg.Queue, n, token, r.cfg.Owner, lease, plan.priority, plan.runAt)
 		}

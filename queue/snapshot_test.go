@@ -365,30 +365,34 @@ func TestRunnerOutlivesDeadEntriesBeyondItsTimeout(t *testing.T) {
 	})
 	started := time.Now()
 	enqueueN(t, e.client, "work", 500)
-	deadline := time.After(90 * time.Second)
+	// The sweep below the floor takes about 2 % of the server's time, so
+	// it needs about 50 times what walking the dead entries costs: 20 s
+	// here on an idle machine, minutes when the rest of the suite runs.
+	deadline := time.After(4 * time.Minute)
 	for len(want) > 0 {
 		select {
 		case id := <-seen:
 			t.Logf("%s: run %v after the runner started", want[id], time.Since(started).Round(time.Millisecond))
 			delete(want, id)
 		case <-deadline:
-			t.Fatalf("not run within 90 s: %v; runner: %+v", want, r.Stats())
+			t.Fatalf("not run within 4 minutes: %v; runner: %+v", want, r.Stats())
 		}
 	}
 	waitFor(t, 30*time.Second, "the 500 new batches handled", func() bool { return handled.Load() == 502 })
 	s := r.Stats()
-	if e.count("WHERE queue = 'work'") > 0 {
-		var left []string
-		rows, err := e.pool.Query(ctx, "SELECT format('%s %s attempt %s lease %s run_at %s', id, state, attempt, lease_expires_at, run_at) FROM "+e.q("batch"))
-		require.NoError(t, err)
-		left, err = pgx.CollectRows(rows, pgx.RowTo[string])
-		require.NoError(t, err)
-		t.Logf("left: %v", left)
-	}
-	t.Logf("%+v", r.Stats())
 	t.Logf("runner: %d full, %d floored, %d slice claims, %d round trip errors, %d reclaimed",
 		s.FullClaims, s.FlooredClaims, s.SliceClaims, s.RoundTripErrors, s.Reclaimed)
 	require.Positive(t, s.SliceClaims)
 	require.Equal(t, int64(1), s.Reclaimed)
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		rows, err := e.pool.Query(context.Background(), "SELECT format('%s %s attempt %s lease %s run_at %s', id, state, attempt, lease_expires_at, run_at) FROM "+e.q("batch"))
+		if err == nil {
+			left, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			t.Logf("left in the table: %v (%v); runner: %+v", left, err, r.Stats())
+		}
+	})
 	waitFor(t, 30*time.Second, "every batch completed", func() bool { return e.count("WHERE queue = 'work'") == 0 })
 }

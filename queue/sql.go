@@ -186,20 +186,38 @@ rest AS (
 ` + sqlTakeLease + `WHERE b.id = ANY (ARRAY(SELECT id FROM urgent UNION ALL SELECT id FROM rest))
 RETURNING ` + batchColumns
 
-	// Claim from a slice of the sweep below the floor (see sweep): like
-	// sqlClaim, but only batches of priority $6 with run_at in [$7, $8),
-	// so the scan walks only the index entries of that range ($7 may be
-	// -infinity).
-	sqlClaimSlice = `WITH below AS (
+	// Claim from a floor with a slice of the sweep below it (see sweep):
+	// like sqlClaimFrom, and first, after the urgent batches, the batches
+	// of the floor's priority $6 with run_at in [$8, $9) ($8 may be
+	// -infinity; $9 is at most the floor $7), so that scan walks only the
+	// index entries of that range. The slice rides along with an ordinary
+	// claim and costs no round trip of its own.
+	sqlClaimSlice = `WITH urgent AS (
     SELECT id FROM {s}.batch
-    WHERE queue = $1 AND state = 'available' AND run_at <= now()
-        AND priority = $6 AND run_at >= $7 AND run_at < $8
+    WHERE queue = $1 AND state = 'available' AND run_at <= now() AND priority < $6
         AND NOT EXISTS (SELECT 1 FROM {s}.queue_setting s WHERE s.queue = $1 AND s.paused)
     ORDER BY priority, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+),
+below AS (
+    SELECT id FROM {s}.batch
+    WHERE queue = $1 AND state = 'available' AND run_at <= now()
+        AND priority = $6 AND run_at >= $8 AND run_at < $9
+        AND NOT EXISTS (SELECT 1 FROM {s}.queue_setting s WHERE s.queue = $1 AND s.paused)
+    ORDER BY priority, run_at, id
+    LIMIT $2 - (SELECT count(*) FROM urgent)
+    FOR UPDATE SKIP LOCKED
+),
+rest AS (
+    SELECT id FROM {s}.batch
+    WHERE queue = $1 AND state = 'available' AND run_at <= now() AND (priority, run_at) >= ($6, $7)
+        AND NOT EXISTS (SELECT 1 FROM {s}.queue_setting s WHERE s.queue = $1 AND s.paused)
+    ORDER BY priority, run_at, id
+    LIMIT $2 - (SELECT count(*) FROM urgent) - (SELECT count(*) FROM below)
+    FOR UPDATE SKIP LOCKED
 )
-` + sqlTakeLease + `WHERE b.id = ANY (ARRAY(SELECT id FROM below))
+` + sqlTakeLease + `WHERE b.id = ANY (ARRAY(SELECT id FROM urgent UNION ALL SELECT id FROM below UNION ALL SELECT id FROM rest))
 RETURNING ` + batchColumns
 
 	// The database's clock, sent with a full claim (see claimCursor.done).

@@ -15,11 +15,11 @@ import (
 // Positions are times (run_at for claims, lease expiry for reclaims); a
 // slice's width adapts so that its round trip costs about sliceTarget more
 // than an ordinary one (base), and slices are spaced out so that the sweep
-// takes about 1/sweepCost of the time. The runners of one client and queue
+// takes about 1/sweepCost of the time: a slice that costs next to nothing
+// (below the region an old snapshot keeps) is followed by the next at once. The runners of one client and queue
 // share one sweep for claims and one for reclaims: safe for concurrent use.
 type sweep struct {
 	mu      sync.Mutex
-	gapMin  time.Duration // the least time between two slices
 	base    time.Duration // what an ordinary round trip takes (a moving average)
 	active  bool          // a pass is under way
 	key     int16         // claims: the priority the pass sweeps
@@ -38,7 +38,7 @@ const (
 	sliceWidthMin  = time.Millisecond
 	sliceWidthInit = time.Minute
 	sliceWhole     = 7 * 24 * time.Hour // a slice this wide reaches to the bottom
-	sweepCost      = 25                 // a slice's extra cost times this is the least time to the next
+	sweepCost      = 50                 // a slice's extra cost times this is the least time to the next
 )
 
 // slice is one claim or reclaim of a sweep: the key (claims: the priority)
@@ -119,11 +119,11 @@ func (s *sweep) done(now time.Time, sl slice, took time.Duration, filled, missed
 		if sl.first {
 			s.first = s.width
 		}
-		s.due = now.Add(max(s.gapMin, minRetryGap))
+		s.due = now.Add(minRetryGap)
 		return false, false
 	}
 	extra := max(took-s.base, 0)
-	s.due = now.Add(max(s.gapMin, extra*sweepCost))
+	s.due = now.Add(extra * sweepCost)
 	s.missed = s.missed || missed
 	switch {
 	case extra > 2*sliceTarget:
