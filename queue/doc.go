@@ -48,11 +48,11 @@
 // reclaimed batches (they keep their place in line), batches enqueued with
 // a RunAt in the past, and enqueues whose transaction took longer than the
 // floor's lag (a quarter of a second at first, adapting between 50 ms and
-// 5 s). A pass of the sweep claims from slices of run_at, from the floor
-// down to the bottom of the index, each as wide as keeps its claim about
-// 10 ms dearer than an ordinary one, spaced so the sweep takes about 4 % of
-// the time; without an old snapshot a pass is a single claim, every
-// second. The runners of one Client that serve the same queue share the
+// 5 s). A pass of the sweep reads slices of run_at, from the floor down to
+// the bottom of the index, each riding along with a claim from the floor
+// and as wide as keeps that claim about 10 ms dearer than an ordinary one,
+// spaced so the sweep takes about 2 % of the server's time; without an old
+// snapshot a pass takes a few claims, every second. The runners of one Client that serve the same queue share the
 // sweep and the floor's lag. A batch below the floor waits at most two
 // passes: about a second normally, minutes under a snapshot that kept
 // millions of dead entries. Reclaims of expired leases look back only to

@@ -167,20 +167,7 @@ RETURNING ` + batchColumns
 	// after a scan of the batches more urgent than $6 (which starts at the
 	// head, and so walks only their entries). The second scan takes what the
 	// first left of the $2.
-	sqlClaimFrom = `WITH urgent AS (
-    SELECT id FROM {s}.batch
-    WHERE queue = $1 AND state = 'available' AND run_at <= now() AND priority < $6
-        AND NOT EXISTS (SELECT 1 FROM {s}.queue_setting s WHERE s.queue = $1 AND s.paused)
-    ORDER BY priority, run_at, id
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-),
-rest AS (
-    SELECT id FROM {s}.batch
-    WHERE queue = $1 AND state = 'available' AND run_at <= now() AND (priority, run_at) >= ($6, $7)
-        AND NOT EXISTS (SELECT 1 FROM {s}.queue_setting s WHERE s.queue = $1 AND s.paused)
-    ORDER BY priority, run_at, id
-    LIMIT $2 - (SELECT count(*) FROM urgent)
+	sqlClaimFrom = sqlClaimUrgent + sqlClaimRest + `    LIMIT $2 - (SELECT count(*) FROM urgent)
     FOR UPDATE SKIP LOCKED
 )
 ` + sqlTakeLease + `WHERE b.id = ANY (ARRAY(SELECT id FROM urgent UNION ALL SELECT id FROM rest))
@@ -192,15 +179,7 @@ RETURNING ` + batchColumns
 	// -infinity; $9 is at most the floor $7), so that scan walks only the
 	// index entries of that range. The slice rides along with an ordinary
 	// claim and costs no round trip of its own.
-	sqlClaimSlice = `WITH urgent AS (
-    SELECT id FROM {s}.batch
-    WHERE queue = $1 AND state = 'available' AND run_at <= now() AND priority < $6
-        AND NOT EXISTS (SELECT 1 FROM {s}.queue_setting s WHERE s.queue = $1 AND s.paused)
-    ORDER BY priority, run_at, id
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-),
-below AS (
+	sqlClaimSlice = sqlClaimUrgent + `below AS (
     SELECT id FROM {s}.batch
     WHERE queue = $1 AND state = 'available' AND run_at <= now()
         AND priority = $6 AND run_at >= $8 AND run_at < $9
@@ -209,16 +188,30 @@ below AS (
     LIMIT $2 - (SELECT count(*) FROM urgent)
     FOR UPDATE SKIP LOCKED
 ),
-rest AS (
-    SELECT id FROM {s}.batch
-    WHERE queue = $1 AND state = 'available' AND run_at <= now() AND (priority, run_at) >= ($6, $7)
-        AND NOT EXISTS (SELECT 1 FROM {s}.queue_setting s WHERE s.queue = $1 AND s.paused)
-    ORDER BY priority, run_at, id
-    LIMIT $2 - (SELECT count(*) FROM urgent) - (SELECT count(*) FROM below)
+` + sqlClaimRest + `    LIMIT $2 - (SELECT count(*) FROM urgent) - (SELECT count(*) FROM below)
     FOR UPDATE SKIP LOCKED
 )
 ` + sqlTakeLease + `WHERE b.id = ANY (ARRAY(SELECT id FROM urgent UNION ALL SELECT id FROM below UNION ALL SELECT id FROM rest))
 RETURNING ` + batchColumns
+
+	// The parts the claims from a floor share: the batches more urgent
+	// than the floor's priority $6, and the scan from the floor ($6, $7)
+	// up, but for its limit.
+	sqlClaimUrgent = `WITH urgent AS (
+    SELECT id FROM {s}.batch
+    WHERE queue = $1 AND state = 'available' AND run_at <= now() AND priority < $6
+        AND NOT EXISTS (SELECT 1 FROM {s}.queue_setting s WHERE s.queue = $1 AND s.paused)
+    ORDER BY priority, run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+`
+	sqlClaimRest = `rest AS (
+    SELECT id FROM {s}.batch
+    WHERE queue = $1 AND state = 'available' AND run_at <= now() AND (priority, run_at) >= ($6, $7)
+        AND NOT EXISTS (SELECT 1 FROM {s}.queue_setting s WHERE s.queue = $1 AND s.paused)
+    ORDER BY priority, run_at, id
+`
 
 	// The database's clock, sent with a full claim (see claimCursor.done).
 	sqlNow = `SELECT now()`

@@ -134,10 +134,12 @@ type claimStart struct {
 
 // skiplockClaimKind recognizes skiplock's claim statements (queue/sql.go):
 // "full" are the ones that read below the claim floor (the full claim at
-// start, and the slices of the sweep below the floor).
+// start, and the floored claims that carry a slice of the sweep below the
+// floor).
 func skiplockClaimKind(sql string) (claim, full bool) {
 	switch {
-	case (strings.HasPrefix(sql, "WITH picked AS (") || strings.HasPrefix(sql, "WITH below AS (")) && strings.Contains(sql, "SKIP LOCKED"):
+	case strings.HasPrefix(sql, "WITH picked AS (") && strings.Contains(sql, "SKIP LOCKED"),
+		strings.HasPrefix(sql, "WITH urgent AS (") && strings.Contains(sql, "\nbelow AS (") && strings.Contains(sql, "SKIP LOCKED"):
 		return true, true
 	case strings.HasPrefix(sql, "WITH urgent AS (") && strings.Contains(sql, "SKIP LOCKED"):
 		return true, false
@@ -487,7 +489,7 @@ type mvccWindow struct {
 	claims         int
 	claimsFailed   int
 	p50, p99       time.Duration
-	fullClaims     int // skiplock: claims from the head of the index (timed)
+	fullClaims     int // skiplock: claims below the floor: from the head of the index, or carrying a slice (timed)
 	fullP99        time.Duration
 	stmtP99        time.Duration // skiplock: the claim statement's part of the round trip (0: not known)
 	floored        int64         // skiplock: floored claims (runner statistics)
