@@ -171,7 +171,11 @@ func TestPruneInChunks(t *testing.T) {
 	cancel()
 	r := <-res
 	require.ErrorIs(t, r.err, context.Canceled)
-	require.EqualValues(t, queue.PruneChunk, r.keys)
+	// The chunk committed (100 keys are left); Prune reports it, unless the
+	// cancel came between its commit and Prune reading the answer (seen
+	// once under CI's load): then the chunk's outcome is unknown to Prune
+	// and it reports only what it knows.
+	require.Contains(t, []int64{0, int64(queue.PruneChunk)}, r.keys)
 }
 
 func TestPrunePause(t *testing.T) {
