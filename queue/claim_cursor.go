@@ -36,20 +36,19 @@ import (
 // A pass below the floor finds those: a sweep of the floor's priority from
 // the floor down to the bottom of the index, in slices of run_at, each
 // riding along with one floored claim (a third scan, between the other
-// two). A slice's width adapts to what its claim costs (sliceTarget): under
-// an old snapshot the region below the floor is where the dead entries are,
-// and a claim that walked all of them at once (a full claim) would take
-// longer with every batch finished, seconds after minutes, until it no
-// longer fits in a round trip's timeout at all. Slices keep each claim
-// short, and their pace (after a slice, the next no sooner than
-// sweepCost times what it cost beyond an ordinary claim) keeps the sweep to
-// about 2 % of the server's time; a pass starts at most every fullScanMin.
-// Without a snapshot, a pass is a slice through the few entries not yet
-// vacuumed below the floor and a few cheap ones down to the bottom, about
-// what one claim from the head used to cost. A batch behind the floor waits
-// at most two passes beyond
-// its turn: about a second normally, minutes under a snapshot that kept
-// millions of dead entries. A claim filled by a slice is repeated before
+// two). A slice's width adapts to the index entries its claim reads, counted
+// on the server (see sweep): under an old snapshot the region below the
+// floor is where the dead entries are, and a claim that walked all of them
+// at once (a full claim) would take longer with every batch finished,
+// seconds after minutes, until it no longer fits in a round trip's timeout
+// at all. Slices keep each claim short, and their pace (after a slice, the
+// next no sooner than sweepCost times its time on the server) keeps the
+// sweep to about 5 % of the server's time; a pass starts at most every
+// fullScanMin. Without a snapshot, a pass is a slice through the few
+// entries not yet vacuumed below the floor and a few cheap ones down to the
+// bottom, about what one claim from the head used to cost. A batch behind
+// the floor waits at most two passes beyond its turn: about a second
+// normally, minutes under a snapshot that kept millions of dead entries. A claim filled by a slice is repeated before
 // the pass goes on. A runner claims from the head of the index (a full
 // claim) only when it has no floor yet: at start. If that claim fails (a
 // timeout under an old snapshot), the floor starts at the database's clock
@@ -179,20 +178,19 @@ func (c *claimCursor) next(now time.Time, asked bool) claimPlan {
 
 // done records a claim's result at now: the batches it took (in any
 // order), whether it took all it asked for, the database's clock when a
-// full claim ran, and how long its round trip took. A claim takes the
+// full claim ran, how long its round trip took, and what a slice's
+// statement cost the server. A claim takes the
 // lowest claimable batches at or above the floor that no other claimer
 // holds, so nothing claimable is left below the last of them but batches of
 // the kinds listed above; the floor moves up to that one, less the lag. A
 // full claim that found nothing puts the floor at the default priority and
 // the database's clock, less the lag: whatever is enqueued from then on is
 // above it. The floor never moves down; a slice's batches lie below it.
-func (c *claimCursor) done(now time.Time, claimed []batch.Batch, filled bool, dbNow time.Time, took time.Duration) {
+func (c *claimCursor) done(now time.Time, claimed []batch.Batch, filled bool, dbNow time.Time, took time.Duration, cost sliceCost) {
 	pace := c.shared()
 	switch c.plan.kind {
 	case claimFull:
 		pace.sweep.covered(now.Add(-took))
-	case claimFloored:
-		pace.sweep.observe(took)
 	case claimSlice:
 		// The slice's batches are those of the floor's priority below its
 		// upper bound; it was filled if they took all the claim had room
@@ -208,7 +206,7 @@ func (c *claimCursor) done(now time.Time, claimed []batch.Batch, filled bool, db
 				above++
 			}
 		}
-		if ended, passMissed := pace.sweep.done(now, c.plan.slice, took, filled && below > 0 && above == 0, missed, nil); ended {
+		if ended, passMissed := pace.sweep.done(now, c.plan.slice, cost, filled && below > 0 && above == 0, missed, nil); ended {
 			pace.adaptLag(passMissed)
 		}
 	}
@@ -246,7 +244,7 @@ func (c *claimCursor) failed(now, dbNow time.Time, err error) {
 	pace := c.shared()
 	switch c.plan.kind {
 	case claimSlice:
-		pace.sweep.done(now, c.plan.slice, 0, false, false, err)
+		pace.sweep.done(now, c.plan.slice, sliceCost{}, false, false, err)
 	case claimFull:
 		if !dbNow.IsZero() && !c.valid {
 			c.raise(0, dbNow.Add(-pace.floorLag()))
@@ -299,9 +297,9 @@ func (f *reclaimFloor) floor() time.Time {
 	return f.lastDone.Add(-reclaimMargin)
 }
 
-// done records a floored reclaim that began at start, took took, and found
-// n expired leases (or failed).
-func (f *reclaimFloor) done(start time.Time, took time.Duration, n int, err error) {
+// done records a floored reclaim that began at start and found n expired
+// leases (or failed).
+func (f *reclaimFloor) done(start time.Time, n int, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err != nil || n >= reclaimLimit {
@@ -310,7 +308,6 @@ func (f *reclaimFloor) done(start time.Time, took time.Duration, n int, err erro
 	if start.After(f.lastDone) {
 		f.lastDone = start
 	}
-	f.sweep.observe(took)
 }
 
 // vacuumPace spaces a runner's vacuums: every VacuumInterval while they

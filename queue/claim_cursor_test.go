@@ -21,14 +21,14 @@ func TestClaimCursor(t *testing.T) {
 		t.Helper()
 		p := c.next(at, false)
 		require.Equal(t, claimFloored, p.kind)
-		c.done(at, nil, false, time.Time{}, time.Millisecond)
+		c.done(at, nil, false, time.Time{}, time.Millisecond, cheapSlice)
 		return p
 	}
 
 	require.Equal(t, claimFull, c.next(t0, false).kind, "the first claim reads from the head")
 	// A full claim that found nothing: the floor is the database's clock,
 	// less the lag, at the default priority.
-	c.done(t0, nil, false, t0.Add(time.Hour), time.Millisecond)
+	c.done(t0, nil, false, t0.Add(time.Hour), time.Millisecond, cheapSlice)
 	p := floored(t0.Add(100 * time.Millisecond))
 	require.Equal(t, int16(0), p.priority)
 	require.Equal(t, t0.Add(time.Hour-claimFloorLagInit), p.runAt)
@@ -36,22 +36,22 @@ func TestClaimCursor(t *testing.T) {
 	// A floored claim: the floor moves to the last batch taken (in any
 	// order), less the lag.
 	c.next(t0.Add(200*time.Millisecond), false)
-	c.done(t0, []batch.Batch{b(9, 0, t0.Add(2*time.Hour)), b(7, 0, t0.Add(3*time.Hour)), b(8, 0, t0.Add(2*time.Hour))}, true, time.Time{}, time.Millisecond)
+	c.done(t0, []batch.Batch{b(9, 0, t0.Add(2*time.Hour)), b(7, 0, t0.Add(3*time.Hour)), b(8, 0, t0.Add(2*time.Hour))}, true, time.Time{}, time.Millisecond, cheapSlice)
 	p = floored(t0.Add(300 * time.Millisecond))
 	require.Equal(t, int16(0), p.priority)
 	require.Equal(t, t0.Add(3*time.Hour-claimFloorLagInit), p.runAt)
 
 	// It never moves down: not for an older batch, not for a more urgent one.
 	c.next(t0.Add(400*time.Millisecond), false)
-	c.done(t0, []batch.Batch{b(3, 0, t0)}, false, time.Time{}, time.Millisecond)
+	c.done(t0, []batch.Batch{b(3, 0, t0)}, false, time.Time{}, time.Millisecond, cheapSlice)
 	c.next(t0.Add(500*time.Millisecond), false)
-	c.done(t0, []batch.Batch{b(4, -5, t0.Add(5*time.Hour))}, false, time.Time{}, time.Millisecond)
+	c.done(t0, []batch.Batch{b(4, -5, t0.Add(5*time.Hour))}, false, time.Time{}, time.Millisecond, cheapSlice)
 	p = floored(t0.Add(600 * time.Millisecond))
 	require.Equal(t, int16(0), p.priority)
 	require.Equal(t, t0.Add(3*time.Hour-claimFloorLagInit), p.runAt)
 	// A less urgent priority is further along.
 	c.next(t0.Add(700*time.Millisecond), false)
-	c.done(t0, []batch.Batch{b(5, 2, t0)}, false, time.Time{}, time.Millisecond)
+	c.done(t0, []batch.Batch{b(5, 2, t0)}, false, time.Time{}, time.Millisecond, cheapSlice)
 	p = floored(t0.Add(800 * time.Millisecond))
 	require.Equal(t, int16(2), p.priority)
 	require.Equal(t, t0.Add(-claimFloorLagInit), p.runAt)
@@ -67,18 +67,19 @@ func TestClaimCursor(t *testing.T) {
 	// batch below the floor leaves the floor alone; a cheap one is
 	// followed by the next slice at once, further down.
 	require.Equal(t, t0.Add(-claimFloorLagInit), p.runAt)
-	c.done(t0.Add(time.Second), []batch.Batch{b(6, 2, t0.Add(-10*time.Second))}, false, time.Time{}, time.Millisecond)
+	c.done(t0.Add(time.Second), []batch.Batch{b(6, 2, t0.Add(-10*time.Second))}, false, time.Time{}, time.Millisecond, cheapSlice)
 	p2 := c.next(t0.Add(1010*time.Millisecond), false)
 	require.Equal(t, claimSlice, p2.kind)
 	require.Equal(t, p.slice.lo, p2.slice.hi)
 	require.Equal(t, t0.Add(-claimFloorLagInit), p2.runAt)
-	// A dear one (1 s more than a floored claim) holds the next off for 50 s.
-	c.done(t0.Add(1010*time.Millisecond), nil, false, time.Time{}, time.Second+time.Millisecond)
+	// A dear one (a million entries, 2.5 s on the server) holds the next
+	// off for 50 s.
+	c.done(t0.Add(1010*time.Millisecond), nil, false, time.Time{}, time.Second, sliceCost{entries: 1_000_000, took: 2500 * time.Millisecond})
 	p = c.next(t0.Add(50*time.Second), false)
 	require.Equal(t, claimFloored, p.kind)
-	c.done(t0.Add(50*time.Second), nil, false, time.Time{}, time.Millisecond)
+	c.done(t0.Add(50*time.Second), nil, false, time.Time{}, time.Millisecond, cheapSlice)
 	require.Equal(t, claimSlice, c.next(t0.Add(52*time.Second), false).kind)
-	c.done(t0.Add(52*time.Second), nil, false, time.Time{}, time.Millisecond)
+	c.done(t0.Add(52*time.Second), nil, false, time.Time{}, time.Millisecond, cheapSlice)
 
 	// A failed claim keeps the floor.
 	c.next(t0.Add(1020*time.Millisecond), false)
@@ -102,24 +103,28 @@ func TestClaimCursorFullClaimTimesOut(t *testing.T) {
 	require.Equal(t, claimSlice, p.kind, "the pass below the new floor")
 	require.Equal(t, t0.Add(11*time.Second-claimFloorLagInit), p.slice.hi)
 	for at := t0.Add(22 * time.Second); p.kind == claimSlice; p = c.next(at, false) {
-		c.done(at, nil, false, time.Time{}, time.Millisecond)
+		c.done(at, nil, false, time.Time{}, time.Millisecond, cheapSlice)
 		at = at.Add(50 * time.Millisecond)
 	}
 	require.Equal(t, claimFloored, p.kind, "the pass reached the bottom")
 	require.Equal(t, t0.Add(11*time.Second-claimFloorLagInit), p.runAt)
 }
 
+// cheapSlice is a slice that read no entries.
+var cheapSlice = sliceCost{took: time.Millisecond}
+
 // TestSweep: a pass moves down from its floor a slice at a time; a slice's
-// width follows its cost beyond an ordinary round trip (wider when cheap,
-// narrower in proportion when dear, a sixteenth after an error), slices
-// are spaced by sweepCost times that cost, a filled slice is swept again,
+// width follows the entries it read against its budget (wider when it read
+// few, narrower in proportion when many, a quarter after an error), the
+// budget follows what an entry cost the server, slices are spaced by
+// sweepCost times their time on the server, a filled slice is swept again,
 // and a slice as wide as sliceWhole reaches the bottom and ends the pass.
 func TestSweep(t *testing.T) {
 	t0 := time.Date(2026, 12, 3, 8, 0, 0, 0, time.UTC)
 	s := sweep{}
 	floor := t0.Add(-time.Hour)
-	s.observe(2 * time.Millisecond) // an ordinary round trip
 	now := t0
+	width := func(sl slice) time.Duration { return sl.hi.Sub(sl.lo) }
 
 	sl, ok := s.next(now, 0, floor)
 	require.True(t, ok)
@@ -127,45 +132,69 @@ func TestSweep(t *testing.T) {
 	require.Equal(t, floor.Add(-sliceWidthInit), sl.lo)
 	_, ok = s.next(now, 0, floor)
 	require.False(t, ok, "one slice in flight")
-	// Dear: 202 ms, 200 beyond the base: a twentieth of the width, and the
-	// next slice 50 × 200 ms later.
-	now = now.Add(202 * time.Millisecond)
-	ended, _ := s.done(now, sl, 202*time.Millisecond, false, false, nil)
+	require.Equal(t, float64(sliceEntriesInit), s.budget(), "no cost per entry known yet")
+	// Dear: 400,000 entries in 200 ms: 500 ns an entry, so a budget of
+	// 20,000 (10 ms), a twentieth of what it read: a twentieth of the width,
+	// and the next slice 20 × 200 ms later.
+	ended, _ := s.done(now, sl, sliceCost{entries: 400_000, took: 200 * time.Millisecond}, false, false, nil)
 	require.False(t, ended)
-	_, ok = s.next(now.Add(9999*time.Millisecond), 0, floor)
+	require.InDelta(t, 20_000, s.budget(), 1)
+	_, ok = s.next(now.Add(3999*time.Millisecond), 0, floor)
 	require.False(t, ok)
-	now = now.Add(10 * time.Second)
+	now = now.Add(4 * time.Second)
 	sl2, ok := s.next(now, 0, floor)
 	require.True(t, ok)
 	require.Equal(t, sl.lo, sl2.hi, "the pass moves down")
-	require.Equal(t, sliceWidthInit/20, sl2.hi.Sub(sl2.lo))
+	require.Equal(t, sliceWidthInit/20, width(sl2))
 
 	// Filled: the same slice again, at once.
-	s.done(now, sl2, 12*time.Millisecond, true, false, nil)
+	s.done(now, sl2, sliceCost{entries: 10_000, took: 5 * time.Millisecond}, true, false, nil)
 	sl3, ok := s.next(now, 0, floor)
 	require.True(t, ok)
 	require.Equal(t, sl2.hi, sl3.hi)
-	// An error (a timeout): a sixteenth as wide, the same place.
-	s.done(now, sl3, 0, false, false, context.DeadlineExceeded)
+	// An error (a timeout): a quarter as wide, the same place.
+	s.done(now, sl3, sliceCost{}, false, false, context.DeadlineExceeded)
+	_, ok = s.next(now, 0, floor)
+	require.False(t, ok, "not before minRetryGap")
 	now = now.Add(minRetryGap)
 	sl4, ok := s.next(now, 0, floor)
 	require.True(t, ok)
 	require.Equal(t, sl3.hi, sl4.hi)
-	require.Equal(t, sl3.hi.Sub(sl3.lo)/16, sl4.hi.Sub(sl4.lo))
+	require.Equal(t, width(sl3)/4, width(sl4))
 
-	// Cheap slices widen fourfold until one reaches the bottom.
+	// The round trip's time does not matter, the server's does: 50,000
+	// entries in 5 ms (100 ns each) make entries cheaper and the budget
+	// larger; the width follows the budget against what the slice read,
+	// and the next slice waits 20 × its 5 ms.
+	s.done(now, sl4, sliceCost{entries: 50_000, took: 5 * time.Millisecond}, false, false, nil)
+	require.Less(t, s.budget(), float64(sliceEntriesMax))
+	require.Greater(t, s.budget(), float64(20_000), "entries got cheaper")
+	b := s.budget()
+	_, ok = s.next(now.Add(99*time.Millisecond), 0, floor)
+	require.False(t, ok)
+	now = now.Add(100 * time.Millisecond)
+	sl5, ok := s.next(now, 0, floor)
+	require.True(t, ok)
+	require.Equal(t, sl4.lo, sl5.hi)
+	require.InDelta(t, float64(width(sl4))*b/50_000, float64(width(sl5)), float64(time.Microsecond))
+
+	// Cheap slices (below the dead entries) widen fourfold, follow at once,
+	// until one reaches the bottom.
 	for i := 0; ; i++ {
 		require.Less(t, i, 30)
-		ended, missed := s.done(now, sl4, 3*time.Millisecond, false, i == 2, nil)
-		if sl4.bottom() {
+		ended, missed := s.done(now, sl5, sliceCost{entries: 12, took: time.Millisecond}, false, i == 2, nil)
+		if sl5.bottom() {
 			require.True(t, ended)
 			require.True(t, missed, "a slice of the pass found a batch the floor missed")
 			break
 		}
 		require.False(t, ended)
-		now = now.Add(time.Second)
-		sl4, ok = s.next(now, 0, floor)
-		require.True(t, ok)
+		w := width(sl5)
+		sl5, ok = s.next(now, 0, floor)
+		require.True(t, ok, "at once")
+		if !sl5.bottom() {
+			require.Equal(t, 4*w, width(sl5))
+		}
 	}
 
 	// The next pass starts at its floor, with the first width of the last.
@@ -174,20 +203,40 @@ func TestSweep(t *testing.T) {
 	sl, ok = s.next(now, 0, floor)
 	require.True(t, ok)
 	require.Equal(t, floor, sl.hi)
-	first := sl.hi.Sub(sl.lo)
-	require.Less(t, first, sliceWidthInit, "the first slice of the pass before was dear")
+	first := width(sl)
+	require.Equal(t, sliceWidthInit/20, first, "the first slice of the pass before was dear")
 	// Hurried while under way: nothing changes; a pass for another
 	// priority (the floor moved on) starts over at once.
-	s.done(now, sl, 50*time.Millisecond, false, false, nil)
+	s.done(now, sl, sliceCost{entries: int64(b), took: 120 * time.Millisecond}, false, false, nil)
 	s.hurry()
-	sl, ok = s.next(now.Add(3*time.Second), 0, floor)
-	require.True(t, ok, "48 ms beyond the base: the next slice 2.4 s later")
+	_, ok = s.next(now.Add(2399*time.Millisecond), 0, floor)
+	require.False(t, ok, "120 ms on the server: the next slice 2.4 s later")
+	sl, ok = s.next(now.Add(2400*time.Millisecond), 0, floor)
+	require.True(t, ok)
 	require.Equal(t, floor.Add(-first), sl.hi)
-	s.done(now.Add(3*time.Second), sl, 3*time.Millisecond, false, false, nil)
+	s.done(now.Add(3*time.Second), sl, cheapSlice, false, false, nil)
 	sl, ok = s.next(now.Add(4*time.Second), 3, floor)
 	require.True(t, ok)
 	require.Equal(t, int16(3), sl.key)
 	require.Equal(t, floor, sl.hi)
+}
+
+// TestSweepUncounted: where the server does not count entries
+// (track_counts off), a slice's time on the server stands in for them.
+func TestSweepUncounted(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 8, 0, 0, 0, time.UTC)
+	s := sweep{}
+	sl, ok := s.next(t0, 0, t0)
+	require.True(t, ok)
+	s.done(t0, sl, sliceCost{entries: -1, took: 4 * sliceTarget}, false, false, nil)
+	sl2, ok := s.next(t0.Add(4*sliceTarget*sweepCost), 0, t0)
+	require.True(t, ok)
+	require.Equal(t, sl.hi.Sub(sl.lo)/4, sl2.hi.Sub(sl2.lo))
+	s.done(t0, sl2, sliceCost{entries: -1, took: sliceTarget / 10}, false, false, nil)
+	sl3, ok := s.next(t0, 0, t0)
+	require.True(t, ok, "cheap: at once")
+	require.Equal(t, 4*(sl2.hi.Sub(sl2.lo)), sl3.hi.Sub(sl3.lo))
+	require.Zero(t, s.perEntry)
 }
 
 // TestClaimFloorLagAdapts: a slice that finds a first claim below the
@@ -198,9 +247,9 @@ func TestClaimFloorLagAdapts(t *testing.T) {
 	t0 := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
 	var c claimCursor
 	c.next(t0, false)
-	c.done(t0, []batch.Batch{{ID: 1, RunAt: t0, Attempt: 1}}, false, time.Time{}, time.Millisecond)
+	c.done(t0, []batch.Batch{{ID: 1, RunAt: t0, Attempt: 1}}, false, time.Time{}, time.Millisecond, cheapSlice)
 	require.Equal(t, t0.Add(-claimFloorLagInit), c.next(t0.Add(time.Millisecond), false).runAt)
-	c.done(t0, nil, false, time.Time{}, time.Millisecond)
+	c.done(t0, nil, false, time.Time{}, time.Millisecond, cheapSlice)
 
 	// pass runs one pass of the sweep at at, whose first slice finds claimed.
 	pass := func(at time.Time, claimed ...batch.Batch) {
@@ -209,12 +258,12 @@ func TestClaimFloorLagAdapts(t *testing.T) {
 		for i := 0; ; i++ {
 			require.Less(t, i, 30)
 			if p.kind == claimFloored {
-				c.done(at, nil, false, time.Time{}, time.Millisecond)
+				c.done(at, nil, false, time.Time{}, time.Millisecond, cheapSlice)
 				require.False(t, c.shared().sweep.active, "the pass ended")
 				return
 			}
 			require.Equal(t, claimSlice, p.kind)
-			c.done(at, claimed, false, time.Time{}, time.Millisecond)
+			c.done(at, claimed, false, time.Time{}, time.Millisecond, cheapSlice)
 			claimed = nil
 			at = at.Add(50 * time.Millisecond)
 			p = c.next(at, false)
@@ -244,19 +293,19 @@ func TestReclaimFloor(t *testing.T) {
 	sl, ok := f.sweep.next(t0, 0, f.floor())
 	require.True(t, ok, "the first pass is due at once")
 	require.Equal(t, t0.Add(-reclaimMargin), sl.hi)
-	f.sweep.done(t0, sl, time.Millisecond, false, false, nil)
-	f.done(t0, 10*time.Millisecond, 3, nil)
+	f.sweep.done(t0, sl, cheapSlice, false, false, nil)
+	f.done(t0, 3, nil)
 
 	require.Equal(t, 500*time.Millisecond+reclaimMargin, f.next(t0.Add(500*time.Millisecond), ch), "back to the previous reclaim, and the margin")
-	f.done(t0.Add(500*time.Millisecond), time.Millisecond, 0, nil)
+	f.done(t0.Add(500*time.Millisecond), 0, nil)
 	require.Equal(t, 200*time.Millisecond+reclaimMargin, f.next(t0.Add(700*time.Millisecond), ch))
 
 	// A reclaim that hit its limit or failed does not move the floor.
-	f.done(t0.Add(700*time.Millisecond), time.Millisecond, reclaimLimit, nil)
+	f.done(t0.Add(700*time.Millisecond), reclaimLimit, nil)
 	require.Equal(t, 300*time.Millisecond+reclaimMargin, f.next(t0.Add(800*time.Millisecond), ch))
-	f.done(t0.Add(800*time.Millisecond), time.Millisecond, 0, errors.New("boom"))
+	f.done(t0.Add(800*time.Millisecond), 0, errors.New("boom"))
 	require.Equal(t, 400*time.Millisecond+reclaimMargin, f.next(t0.Add(900*time.Millisecond), ch))
-	f.done(t0.Add(900*time.Millisecond), time.Millisecond, 0, nil)
+	f.done(t0.Add(900*time.Millisecond), 0, nil)
 
 	// Finish the first pass; the next is due fullScanMin after it began.
 	for i := 0; ; i++ {
@@ -265,7 +314,7 @@ func TestReclaimFloor(t *testing.T) {
 		if !ok {
 			break
 		}
-		f.sweep.done(t0.Add(time.Second), sl, time.Millisecond, false, false, nil)
+		f.sweep.done(t0.Add(time.Second), sl, cheapSlice, false, false, nil)
 	}
 	require.False(t, f.sweep.active)
 	// Rather at once after a writer change: the new writer may hold leases
@@ -317,25 +366,25 @@ func TestClaimPaceShared(t *testing.T) {
 	}
 
 	require.Equal(t, claimFull, a.next(t0, false).kind, "a has no floor")
-	a.done(t0, batchAt(1, t0), false, time.Time{}, time.Millisecond)
+	a.done(t0, batchAt(1, t0), false, time.Time{}, time.Millisecond, cheapSlice)
 	require.Equal(t, claimFull, b.next(t0, false).kind, "b has no floor yet")
-	b.done(t0, batchAt(2, t0), false, time.Time{}, time.Millisecond)
+	b.done(t0, batchAt(2, t0), false, time.Time{}, time.Millisecond, cheapSlice)
 
 	p := a.next(t0.Add(2*time.Second), false)
 	require.Equal(t, claimSlice, p.kind, "a pass is due")
 	require.Equal(t, claimFloored, b.next(t0.Add(2*time.Second), false).kind, "a's slice is in flight")
-	b.done(t0.Add(2*time.Second), nil, false, time.Time{}, time.Millisecond)
-	a.done(t0.Add(2*time.Second), nil, false, time.Time{}, 300*time.Millisecond) // dear: the next slice 15 s later
+	b.done(t0.Add(2*time.Second), nil, false, time.Time{}, time.Millisecond, cheapSlice)
+	a.done(t0.Add(2*time.Second), nil, false, time.Time{}, time.Second, sliceCost{entries: 100_000, took: 750 * time.Millisecond}) // dear: the next slice 15 s later
 	require.Equal(t, claimFloored, b.next(t0.Add(16*time.Second), false).kind, "a's slice was b's too")
-	b.done(t0.Add(16*time.Second), nil, false, time.Time{}, time.Millisecond)
+	b.done(t0.Add(16*time.Second), nil, false, time.Time{}, time.Millisecond, cheapSlice)
 	p2 := b.next(t0.Add(18*time.Second), false)
 	require.Equal(t, claimSlice, p2.kind)
 	require.Equal(t, p.slice.lo, p2.slice.hi, "b goes on where a left off")
-	b.done(t0.Add(18*time.Second), batchAt(3, p2.slice.hi.Add(-time.Second)), false, time.Time{}, time.Millisecond)
+	b.done(t0.Add(18*time.Second), batchAt(3, p2.slice.hi.Add(-time.Second)), false, time.Time{}, time.Millisecond, cheapSlice)
 	for i := 0; pace.sweep.active; i++ { // to the end of the pass
 		require.Less(t, i, 30)
 		require.Equal(t, claimSlice, b.next(t0.Add(18*time.Second), false).kind, "cheap slices follow at once")
-		b.done(t0.Add(18*time.Second), nil, false, time.Time{}, time.Millisecond)
+		b.done(t0.Add(18*time.Second), nil, false, time.Time{}, time.Millisecond, cheapSlice)
 	}
 
 	// The lag is the pace's: b's pass found a slow enqueue below the floor.
@@ -349,12 +398,12 @@ func TestReclaimFloorShared(t *testing.T) {
 	t0 := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)
 	f := &reclaimFloor{}
 	f.next(t0, nil)
-	f.done(t0, time.Millisecond, 0, nil)
+	f.done(t0, 0, nil)
 	_, ok := f.sweep.next(t0, 0, f.floor())
 	require.True(t, ok)
 	_, ok = f.sweep.next(t0, 0, f.floor())
 	require.False(t, ok, "another runner's slice is in flight")
 	require.Equal(t, 50*time.Second+reclaimMargin, f.next(t0.Add(50*time.Second), nil))
-	f.done(t0.Add(50*time.Second), time.Millisecond, 0, nil)
+	f.done(t0.Add(50*time.Second), 0, nil)
 	require.Equal(t, 500*time.Millisecond+reclaimMargin, f.next(t0.Add(50500*time.Millisecond), nil), "back to the last reclaim that finished")
 }

@@ -49,10 +49,13 @@
 // a RunAt in the past, and enqueues whose transaction took longer than the
 // floor's lag (a quarter of a second at first, adapting between 50 ms and
 // 5 s). A pass of the sweep reads slices of run_at, from the floor down to
-// the bottom of the index, each riding along with a claim from the floor
-// and as wide as keeps that claim about 10 ms dearer than an ordinary one,
-// spaced so the sweep takes about 2 % of the server's time; without an old
-// snapshot a pass takes a few claims, every second. The runners of one Client that serve the same queue share the
+// the bottom of the index, each riding along with a claim from the floor.
+// A slice's width adapts to the index entries it read, dead ones included,
+// as the server counts them (not to its round trip's time, which on a
+// loaded machine varies more than a slice costs), so that it reads about
+// 10 ms worth; slices are spaced so the sweep takes about 5 % of the
+// server's time. Without an old snapshot a pass takes a few claims, every
+// second. The runners of one Client that serve the same queue share the
 // sweep and the floor's lag. A batch below the floor waits at most two
 // passes: about a second normally, minutes under a snapshot that kept
 // millions of dead entries. Reclaims of expired leases look back only to
@@ -61,6 +64,15 @@
 // since. A runner vacuums the hot table in a loop of its own, less often
 // while its vacuums cannot remove what they find or run out of time.
 // Client.Claim always reads from the head.
+//
+// Statements that act on given batches find them by primary key with a
+// condition the index answers (id = ANY(...)), not by a join alone: after a
+// backlog drained under an old snapshot, statistics say the table is all
+// but empty while its indexes hold millions of dead entries, and a join
+// then tempts the planner into reading a whole index per acknowledgement.
+// After a round trip fails, a runner sends the outcomes it holds alone
+// before it claims again, so that whatever failed (a slice that ran out of
+// time, say) cannot hold acknowledgements back until their leases expire.
 //
 // # Hooks
 //

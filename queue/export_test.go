@@ -15,3 +15,13 @@ var PrunePause = prunePause
 
 // HasEventSink reports whether c delivers events (Config.OnEvent is set).
 func HasEventSink(c *Client) bool { return c.events != nil }
+
+func ReclaimStatement(c *Client) string { return c.sql.reclaim }
+
+// HeadStatements are the operators' statements that read an index from its
+// head by design (listings, counts, every running lease).
+func HeadStatements(c *Client) []string {
+	return []string{c.sql.list, c.sql.stats, c.sql.listDead, c.sql.releaseOwner}
+}
+
+func SliceStatement(c *Client) string { return c.sql.claimSlice }

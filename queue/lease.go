@@ -477,7 +477,7 @@ func (c *Client) updateLeasesOnce(ctx context.Context, q querier, op, query stri
 // reaches a writer. Reclaims through another Client (another process) take
 // them like any other expired lease.
 func (c *Client) ReclaimExpired(ctx context.Context, queue string) (available, dead int, err error) {
-	return c.reclaimExpired(ctx, queue, reclaimAll, 0, nil, true)
+	return c.reclaimExpired(ctx, queue, reclaimAll, 0, nil)
 }
 
 // reclaimAll is a lookback that covers every lease there can be.
@@ -487,56 +487,105 @@ const reclaimAll = 100 * 365 * 24 * time.Hour
 var errReclaimHeld = errors.New("reclaim held off")
 
 // reclaimExpired is ReclaimExpired for leases that expired within lookback
-// and at least newer ago. Unless retry is set it makes one attempt: a slice
-// of a sweep that failed is swept again, narrower, rather than repeated.
-//
-// hold, if set, is asked before every attempt: when it says so, the call
-// ends with errReclaimHeld instead of (re)trying (see Runner.holdReclaims).
+// and at least newer ago, retried like any operation. hold, if set, is
+// asked before every attempt: when it says so, the call ends with
+// errReclaimHeld instead of (re)trying (see Runner.holdReclaims).
+func (c *Client) reclaimExpired(ctx context.Context, queue string, lookback, newer time.Duration, hold func() bool) (available, dead int, err error) {
+	err = c.retry(ctx, "reclaim", true, func(ctx context.Context) error {
+		if hold != nil && hold() {
+			return errReclaimHeld
+		}
+		var err error
+		available, dead, _, err = c.reclaimOnce(ctx, queue, lookback, newer, false)
+		return err
+	})
+	return available, dead, err
+}
 
-func (c *Client) reclaimExpired(ctx context.Context, queue string, lookback, newer time.Duration, hold func() bool, retry bool) (available, dead int, err error) {
+// reclaimSlice is one attempt at reclaimExpired, for a slice of a sweep (a
+// slice that failed is swept again, narrower, rather than repeated), and
+// what it cost the server (see sweep).
+func (c *Client) reclaimSlice(ctx context.Context, queue string, lookback, newer time.Duration, hold func() bool) (available, dead int, cost sliceCost, err error) {
+	if hold != nil && hold() {
+		return 0, 0, sliceCost{}, errReclaimHeld
+	}
+	return c.reclaimOnce(ctx, queue, lookback, newer, true)
+}
+
+// reclaimOnce makes one attempt at a reclaim; metered, it also reads what
+// the reclaim cost the server.
+func (c *Client) reclaimOnce(ctx context.Context, queue string, lookback, newer time.Duration, metered bool) (available, dead int, cost sliceCost, err error) {
 	if err := c.check("reclaim"); err != nil {
-		return 0, 0, err
+		return 0, 0, cost, err
 	}
 	var q any
 	if queue != "" {
 		if err := batch.ValidateQueueName(queue); err != nil {
-			return 0, 0, &ArgumentError{Op: "reclaim", Field: "queue", Reason: err.Error(), Err: err}
+			return 0, 0, cost, &ArgumentError{Op: "reclaim", Field: "queue", Reason: err.Error(), Err: err}
 		}
 		q = queue
 	}
-	attempt := func(ctx context.Context) error {
-		if hold != nil && hold() {
-			return errReclaimHeld
-		}
-		ctx, cancel := c.opContext(ctx)
-		defer cancel()
-		available, dead = 0, 0
-		ids, tokens := c.heldRefs(queue)
-		rows, err := c.db.Query(ctx, c.sql.reclaim, q, reclaimLimit, lookback.Microseconds(), ids, tokens, newer.Microseconds())
-		if err != nil {
-			return fmt.Errorf("reclaim expired leases: %w", err)
-		}
-		var id int64
-		var isDead bool
-		_, err = pgx.ForEachRow(rows, []any{&id, &isDead}, func() error {
-			if isDead {
-				dead++
-			} else {
-				available++
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("reclaim expired leases: %w", err)
-		}
-		return nil
+	ctx, cancel := c.opContext(ctx)
+	defer cancel()
+	ids, tokens := c.heldRefs(queue)
+	b := &pgx.Batch{}
+	if metered {
+		b.Queue(c.sql.meter, c.sql.leaseIndex)
 	}
-	if retry {
-		err = c.retry(ctx, "reclaim", true, attempt)
-	} else {
-		err = attempt(ctx)
+	b.Queue(c.sql.reclaim, q, reclaimLimit, lookback.Microseconds(), ids, tokens, newer.Microseconds())
+	if metered {
+		b.Queue(c.sql.meter, c.sql.leaseIndex)
 	}
-	return available, dead, err
+	br := c.db.SendBatch(ctx, b)
+	var before, after meterReading
+	if metered {
+		before, err = readMeter(br)
+	}
+	if err == nil {
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			var id int64
+			var isDead bool
+			_, err = pgx.ForEachRow(rows, []any{&id, &isDead}, func() error {
+				if isDead {
+					dead++
+				} else {
+					available++
+				}
+				return nil
+			})
+		}
+	}
+	if metered && err == nil {
+		after, err = readMeter(br)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, 0, cost, fmt.Errorf("reclaim expired leases: %w", err)
+	}
+	return available, dead, before.costTo(after), nil
+}
+
+// meterReading is one reading of sqlMeter.
+type meterReading struct {
+	entries int64
+	at      time.Time
+}
+
+func readMeter(br pgx.BatchResults) (m meterReading, err error) {
+	err = br.QueryRow().Scan(&m.entries, &m.at)
+	return m, err
+}
+
+// costTo is what the statements between readings m and later cost.
+func (m meterReading) costTo(later meterReading) sliceCost {
+	c := sliceCost{entries: later.entries - m.entries, took: later.at.Sub(m.at)}
+	if m.entries < 0 || later.entries < 0 {
+		c.entries = -1
+	}
+	return c
 }
 
 // Completion identifies an acknowledged completion for ReassertCompleted:

@@ -31,6 +31,12 @@ func (r *Runner) claimLoop() {
 		pending   []*job
 		want      = true  // something suggests work is available
 		backlog   = false // the last claim was full
+		// acksAlone: the last round trip failed. Outcomes go alone before
+		// the next claim: they ride in one transaction with it, and
+		// whatever made it fail (a slice of the sweep that timed out, a
+		// release of lost claims) must not hold them back, again and
+		// again, until their leases expire and the batches run twice.
+		acksAlone = false
 		stopping  = false
 		retryC    <-chan time.Time
 		bo        = newBackOff(25*time.Millisecond, time.Second)
@@ -58,7 +64,7 @@ func (r *Runner) claimLoop() {
 			}
 		}
 		if len(pending) > 0 {
-			if _, _, _, err := r.roundTrip(pending, 0); err != nil {
+			if _, _, _, err := r.roundTrip(pending, 0, false); err != nil {
 				r.log.Error("could not acknowledge outcomes before giving up; their leases will expire",
 					zap.Int("batches", len(pending)), zap.Error(err))
 			}
@@ -87,10 +93,11 @@ func (r *Runner) claimLoop() {
 		canClaim := !stopping && free > 0 && (want || backlog) && (free >= threshold || busy == 0)
 		if retryC == nil && (len(pending) > 0 || canClaim || (!stopping && r.cleanupDue())) {
 			n := 0
-			if canClaim {
+			if canClaim && !(acksAlone && len(pending) > 0) {
 				n = min(free, r.cfg.ClaimSize)
 			}
-			claimed, sent, retry, err := r.roundTrip(pending, n)
+			claimed, sent, retry, err := r.roundTrip(pending, n, acksAlone && len(pending) > 0)
+			acksAlone = err != nil
 			if err != nil {
 				r.stats.roundTripErrors.Add(1)
 				r.noteTrouble(err)
@@ -197,10 +204,11 @@ func newBackOff(initial, maxInterval time.Duration) *backoff.ExponentialBackOff 
 }
 
 // roundTrip acknowledges the outcomes of finished jobs and claims up to n
-// more batches, in one pipelined round trip. On error nothing is known to
-// have happened and every job stays pending. retry lists jobs whose outcome
-// must be sent again.
-func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent time.Time, retry []*job, err error) {
+// more batches, in one pipelined round trip (one transaction). Unless
+// acksOnly, it also releases what lost claims and re-taken leases hold. On
+// error nothing is known to have happened and every job stays pending.
+// retry lists jobs whose outcome must be sent again.
+func (r *Runner) roundTrip(finished []*job, n int, acksOnly bool) (claimed []batch.Batch, sent time.Time, retry []*job, err error) {
 	var completes, fails, releases []*job
 	var a acks
 	var ids map[int64]bool
@@ -234,11 +242,14 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 	sql := r.c.sql
 	b := &pgx.Batch{}
 	a.queue(r.c, b)
-	lostTokens := r.lostClaimTokens()
+	var lostTokens []int64
+	var orphans []Ref
+	if !acksOnly {
+		lostTokens, orphans = r.lostClaimTokens(), r.settledOrphans()
+	}
 	if len(lostTokens) > 0 {
 		b.Queue(sql.releaseTokens, lostTokens, lostClaimLookback(r.lostClaims[0].sent, r.cfg.LeaseDuration).Microseconds())
 	}
-	orphans := r.settledOrphans()
 	if len(orphans) > 0 {
 		ids, tokens := refArrays(orphans)
 		b.Queue(sql.release, ids, tokens)
@@ -259,7 +270,9 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 			if plan.slice.bottom() {
 				lo = pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
 			}
+			b.Queue(sql.meter, sql.claimIndex)
 			b.Queue(sql.claimSlice, r.cfg.Queue, n, token, r.cfg.Owner, lease, plan.priority, plan.runAt, lo, plan.sliceHi())
+			b.Queue(sql.meter, sql.claimIndex)
 		default:
 			b.Queue(sql.claimFrom, r.cfg.Queue, n, token, r.cfg.Owner, lease, plan.priority, plan.runAt)
 		}
@@ -279,13 +292,24 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 		orphansFreed, err = idSet(br.Query())
 	}
 	var dbNow time.Time
+	var before, after meterReading
 	if n > 0 && err == nil {
-		var rows pgx.Rows
-		if rows, err = br.Query(); err == nil {
-			claimed, err = collectBatches(rows, n, r.cfg.Queue)
+		if plan.kind == claimSlice {
+			before, err = readMeter(br)
 		}
-		if plan.kind == claimFull && err == nil {
-			err = br.QueryRow().Scan(&dbNow)
+		var rows pgx.Rows
+		if err == nil {
+			if rows, err = br.Query(); err == nil {
+				claimed, err = collectBatches(rows, n, r.cfg.Queue)
+			}
+		}
+		if err == nil {
+			switch plan.kind {
+			case claimFull:
+				err = br.QueryRow().Scan(&dbNow)
+			case claimSlice:
+				after, err = readMeter(br)
+			}
 		}
 	}
 	if cerr := br.Close(); err == nil {
@@ -298,7 +322,7 @@ func (r *Runner) roundTrip(finished []*job, n int) (claimed []batch.Batch, sent 
 			}
 			r.cursor.failed(time.Now(), dbNow, err)
 		} else {
-			r.cursor.done(time.Now(), claimed, len(claimed) == n, dbNow, time.Since(sent))
+			r.cursor.done(time.Now(), claimed, len(claimed) == n, dbNow, time.Since(sent), before.costTo(after))
 			switch plan.kind {
 			case claimFull:
 				r.stats.fullClaims.Add(1)

@@ -328,11 +328,11 @@ func (r *Runner) reclaimRound(ctx context.Context) error {
 	lookback := f.next(start, r.c.writerChanged())
 	// The hold is asked again before every retry: a reclaim that retried
 	// through an outage would land the moment it ends.
-	avail, dead, err := r.c.reclaimExpired(ctx, r.cfg.Queue, lookback, 0, r.holdReclaims, true)
+	avail, dead, err := r.c.reclaimExpired(ctx, r.cfg.Queue, lookback, 0, r.holdReclaims)
 	if errors.Is(err, errReclaimHeld) {
 		return err
 	}
-	f.done(start, time.Since(start), avail+dead, err)
+	f.done(start, avail+dead, err)
 	r.noteReclaimed(avail, dead)
 	if err != nil {
 		return err
@@ -359,12 +359,12 @@ func (r *Runner) reclaimRound(ctx context.Context) error {
 		if !sl.bottom() {
 			older = now.Sub(sl.lo)
 		}
-		avail, dead, err := r.c.reclaimExpired(ctx, r.cfg.Queue, older, newer, r.holdReclaims, false)
+		avail, dead, cost, err := r.c.reclaimSlice(ctx, r.cfg.Queue, older, newer, r.holdReclaims)
 		if errors.Is(err, errReclaimHeld) {
-			f.sweep.abandon(sl)
+			f.sweep.abandon()
 			return err
 		}
-		f.sweep.done(time.Now(), sl, time.Since(now), avail+dead >= reclaimLimit, false, err)
+		f.sweep.done(time.Now(), sl, cost, avail+dead >= reclaimLimit, false, err)
 		r.noteReclaimed(avail, dead)
 		if err != nil {
 			return err

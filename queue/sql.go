@@ -25,6 +25,14 @@ const batchColumns = `b.id, b.queue, b.state, b.priority, b.attempt, b.max_attem
 // state: the table's batch_lease_check constraint makes a non-null token
 // mean "running". Leaving state out keeps the small running-lease index from
 // tempting a generic plan into scanning every running row per token.
+//
+// Statements that join the batch table to an array of ids also say
+// "b.id = ANY ($1)": a condition the primary key can answer. The join alone
+// leaves the planner free to read the whole primary key and filter, which
+// it does when the table's statistics say it is (nearly) empty: after a
+// backlog drained under an old snapshot, ANALYZE counts the live rows (a
+// handful) while the index still holds every dead one (millions), and an
+// acknowledgement of one batch took 300 ms.
 const (
 	// Enqueue many batches in one statement, one array per column (an array
 	// given as NULL pads with NULLs, so columns nobody set cost nothing; empty
@@ -216,12 +224,22 @@ RETURNING ` + batchColumns
 	// The database's clock, sent with a full claim (see claimCursor.done).
 	sqlNow = `SELECT now()`
 
+	// What this transaction's scans of index $1 (a qualified name) have
+	// read so far: the entries it returned, dead ones included (-1 when the
+	// server does not count them), and the server's clock. Read before and
+	// after a slice of a sweep, it is what the slice cost (see sweep). The
+	// count is the backend's not yet reported to the statistics system,
+	// which may include earlier transactions': only a difference within one
+	// transaction means anything.
+	sqlMeter = `SELECT CASE WHEN current_setting('track_counts')::bool
+    THEN pg_stat_get_xact_tuples_returned($1::text::regclass) ELSE -1 END, clock_timestamp()`
+
 	// Complete: remove batches whose lease the tokens still hold, and record
 	// each completion. Returns the ids completed by this statement.
 	sqlComplete = `WITH gone AS (
     DELETE FROM {s}.batch b
     USING unnest($1::int8[], $2::int8[]) AS c(id, token)
-    WHERE b.id = c.id AND b.lease_token = c.token
+    WHERE b.id = c.id AND b.lease_token = c.token AND b.id = ANY ($1::int8[])
     RETURNING b.id, b.lease_token, b.created_at, b.attempt, b.queue
 ),
 rec AS (
@@ -260,22 +278,26 @@ ON CONFLICT (digest) DO NOTHING`
     SELECT * FROM unnest($1::int8[], $2::int8[], $3::timestamptz[], $4::text[], $5::text[], $6::int4[])
         AS c(id, token, created_at, queue, ikey, attempt)
 ),
+by_key AS (
+    SELECT c.id AS cid, c.token, c.queue, c.ikey, k.batch_id FROM c
+    JOIN {s}.batch_key_digest k ON k.digest = {s}.key_digest(c.queue, c.ikey)
+    WHERE c.ikey <> ''
+    UNION ALL
+    SELECT c.id, c.token, c.queue, c.ikey, o.batch_id FROM c
+    JOIN {s}.batch_key o ON o.queue = c.queue AND o.idempotency_key = c.ikey
+    WHERE c.ikey <> ''
+),
 target AS (
     SELECT b.id, c.id AS cid, c.token FROM c JOIN {s}.batch b ON b.id = c.id AND b.created_at = c.created_at
+    WHERE b.id = ANY ($1::int8[])
     UNION
-    SELECT b.id, c.id, c.token FROM c
-    JOIN {s}.batch_key_digest k ON k.digest = {s}.key_digest(c.queue, c.ikey)
-    JOIN {s}.batch b ON b.id = k.batch_id AND b.queue = c.queue AND b.idempotency_key = c.ikey
-    WHERE c.ikey <> ''
-    UNION
-    SELECT b.id, c.id, c.token FROM c
-    JOIN {s}.batch_key o ON o.queue = c.queue AND o.idempotency_key = c.ikey
-    JOIN {s}.batch b ON b.id = o.batch_id AND b.queue = c.queue AND b.idempotency_key = c.ikey
-    WHERE c.ikey <> ''
+    SELECT b.id, k.cid, k.token FROM by_key k
+    JOIN {s}.batch b ON b.id = k.batch_id AND b.queue = k.queue AND b.idempotency_key = k.ikey
+    WHERE b.id = ANY (ARRAY(SELECT batch_id FROM by_key))
 ),
 gone AS (
     DELETE FROM {s}.batch b USING target t
-    WHERE b.id = t.id
+    WHERE b.id = t.id AND b.id = ANY (ARRAY(SELECT id FROM target))
     RETURNING b.id, t.token, b.created_at, b.attempt, b.queue
 ),
 keyed AS (
@@ -326,13 +348,13 @@ FROM unnest($1::int8[], $2::int8[]) AS c(id, token)`
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 FROM unnest($1::int8[], $2::int8[], $3::text[], $4::bool[], $7::int8[])
     AS f(id, token, err, permanent, delay_us)
-WHERE b.id = f.id AND b.lease_token = f.token
+WHERE b.id = f.id AND b.lease_token = f.token AND b.id = ANY ($1::int8[])
 RETURNING b.id, b.state = 'dead'`
 
 	// Extend leases by $3 µs from now.
 	sqlExtend = `UPDATE {s}.batch b SET lease_expires_at = now() + $3::float8 * interval '1 microsecond'
 FROM unnest($1::int8[], $2::int8[]) AS e(id, token)
-WHERE b.id = e.id AND b.lease_token = e.token
+WHERE b.id = e.id AND b.lease_token = e.token AND b.id = ANY ($1::int8[])
 RETURNING b.id`
 
 	// Release: make batches available again at once without counting the
@@ -341,7 +363,7 @@ RETURNING b.id`
     state = 'available', attempt = greatest(b.attempt - 1, 0),
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 FROM unnest($1::int8[], $2::int8[]) AS r(id, token)
-WHERE b.id = r.id AND b.lease_token = r.token
+WHERE b.id = r.id AND b.lease_token = r.token AND b.id = ANY ($1::int8[])
 RETURNING b.id`
 
 	// Reclaim expired leases of queue $1 (all queues when NULL), at most $2,
@@ -366,7 +388,7 @@ UPDATE {s}.batch b SET
     state = CASE WHEN b.attempt >= b.max_attempts THEN 'dead' ELSE 'available' END,
     last_error = 'lease of ' || coalesce(b.lease_owner, '?') || ' expired',
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-FROM expired WHERE b.id = expired.id
+FROM expired WHERE b.id = expired.id AND b.id = ANY (ARRAY(SELECT id FROM expired))
 RETURNING b.id, b.state = 'dead'`
 
 	// Fails unless every table the queue uses exists and is readable.
@@ -398,7 +420,7 @@ dead AS (
 req AS (
     UPDATE {s}.batch b SET state = 'available', attempt = 0, run_at = now()
     FROM dead
-    WHERE b.id = dead.id
+    WHERE b.id = dead.id AND b.id = ANY (ARRAY(SELECT id FROM dead))
         AND ($2::int8[] IS NULL OR (SELECT count(*) FROM dead) = (SELECT count(*) FROM want))
     RETURNING b.id
 ),
@@ -495,7 +517,7 @@ FROM pg_class c WHERE c.oid = $1::text::regclass`
 extended AS (
     UPDATE {s}.batch b SET lease_expires_at = now() + $5::float8 * interval '1 microsecond'
     FROM held h
-    WHERE b.id = h.id AND b.lease_token = h.token
+    WHERE b.id = h.id AND b.lease_token = h.token AND b.id = ANY ($1::int8[])
     RETURNING b.id, b.lease_token
 ),
 retaken AS (
@@ -507,7 +529,7 @@ retaken AS (
         lease_owner = $6,
         lease_expires_at = now() + $5::float8 * interval '1 microsecond'
     FROM held h
-    WHERE b.id = h.id AND b.created_at = h.created_at AND h.retake
+    WHERE b.id = h.id AND b.created_at = h.created_at AND h.retake AND b.id = ANY ($1::int8[])
         AND b.state = 'available' AND b.lease_token IS NULL
     RETURNING b.id, b.lease_token
 )
@@ -554,7 +576,7 @@ dead AS (
 ),
 gone AS (
     DELETE FROM {s}.batch b USING dead
-    WHERE b.id = dead.id AND (SELECT count(*) FROM dead) = (SELECT count(*) FROM want)
+    WHERE b.id = dead.id AND b.id = ANY (ARRAY(SELECT id FROM dead)) AND (SELECT count(*) FROM dead) = (SELECT count(*) FROM want)
     RETURNING b.id
 )
 SELECT (SELECT count(*) FROM gone),
@@ -580,7 +602,8 @@ freed AS (
         last_error = 'lease of ' || b.lease_owner || ' released by an operator',
         lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
     FROM held h
-    WHERE b.id = h.id AND b.lease_token = h.lease_token AND b.lease_owner = $2 AND b.queue = $1
+    WHERE b.id = h.id AND b.id = ANY (ARRAY(SELECT id FROM held))
+        AND b.lease_token = h.lease_token AND b.lease_owner = $2 AND b.queue = $1
     RETURNING b.id, b.state
 ),
 woken AS (
@@ -599,6 +622,8 @@ type statements struct {
 	vacuumDue, vacuum, deadTuples, table,
 	check, get, done, listDead, requeueDead, setPaused, paused, stats, pruneDone, pruneKeys, pruneOldKeys string
 	reconfirm, releaseTokens string
+	meter                    string
+	claimIndex, leaseIndex   string // the indexes slices sweep, quoted, passed as parameters to meter
 	sequence                 string // the batch id sequence, quoted, passed as a parameter
 	channel                  string // the NOTIFY channel of the schema
 
@@ -618,6 +643,9 @@ func newStatements(schema string) *statements {
 		claimFrom:        sub(sqlClaimFrom),
 		claimSlice:       sub(sqlClaimSlice),
 		now:              sqlNow,
+		meter:            sqlMeter,
+		claimIndex:       pgx.Identifier{schema, "batch_claim_idx"}.Sanitize(),
+		leaseIndex:       pgx.Identifier{schema, "batch_lease_idx"}.Sanitize(),
 		complete:         sub(sqlComplete),
 		reassertKeys:     sub(sqlReassertKeys),
 		reassertComplete: sub(sqlReassertComplete),

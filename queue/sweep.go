@@ -12,33 +12,48 @@ import (
 // batches that became claimable behind them; reclaims sweep the lease index
 // below their lookback for leases that expired unseen. A pass starts at a
 // floor and moves down a slice at a time until a slice reaches the bottom.
-// Positions are times (run_at for claims, lease expiry for reclaims); a
-// slice's width adapts so that its round trip costs about sliceTarget more
-// than an ordinary one (base), and slices are spaced out so that the sweep
-// takes about 1/sweepCost of the time: a slice that costs next to nothing
-// (below the region an old snapshot keeps) is followed by the next at once. The runners of one client and queue
+// Positions are times (run_at for claims, lease expiry for reclaims).
+//
+// A slice's cost is measured on the server, not by its round trip: the
+// index entries its statement read, dead ones included (the transaction's
+// count of entries the index returned, read before and after it), and how
+// long the statement ran. Round trips on a loaded machine vary by more than
+// a slice costs; entries do not. A slice's width adapts so that it reads
+// about sliceTarget's worth of entries at what an entry has cost lately
+// (its budget), and slices are spaced so that the sweep takes about
+// 1/sweepCost of the server's time: a slice that read next to nothing
+// (below the region an old snapshot keeps) is followed by the next at once.
+// Where the server does not count entries (track_counts off), the
+// statement's time stands in for them. The runners of one client and queue
 // share one sweep for claims and one for reclaims: safe for concurrent use.
 type sweep struct {
-	mu      sync.Mutex
-	base    time.Duration // what an ordinary round trip takes (a moving average)
-	active  bool          // a pass is under way
-	key     int16         // claims: the priority the pass sweeps
-	hi      time.Time     // upper bound (exclusive) of the next slice
-	width   time.Duration // of the next slice
-	first   time.Duration // of a pass's first slice, carried from pass to pass
-	atFirst bool
-	began   time.Time // start of the current or last pass
-	due     time.Time // no slice starts before
-	busy    bool      // a slice is in flight
-	missed  bool      // a slice of this pass found a batch its floor had missed
+	mu       sync.Mutex
+	perEntry float64 // what the server spent per entry read, in ns (a moving average); 0: not known yet
+	active   bool    // a pass is under way
+	key      int16   // claims: the priority the pass sweeps
+	hi       time.Time
+	width    time.Duration // of the next slice
+	first    time.Duration // of a pass's first slice, carried from pass to pass
+	atFirst  bool          // the next slice is the pass's first
+	began    time.Time     // start of the current or last pass
+	due      time.Time     // no slice starts before
+	busy     bool          // a slice is in flight
+	missed   bool          // a slice of this pass found a batch its floor had missed
 }
 
 const (
-	sliceTarget    = 10 * time.Millisecond // what a slice may cost beyond an ordinary round trip
+	sliceTarget    = 10 * time.Millisecond // what a slice may cost the server
 	sliceWidthMin  = time.Millisecond
 	sliceWidthInit = time.Minute
 	sliceWhole     = 7 * 24 * time.Hour // a slice this wide reaches to the bottom
-	sweepCost      = 50                 // a slice's extra cost times this is the least time to the next
+	sweepCost      = 20                 // a slice's time on the server times this is the least time to the next
+
+	// A slice's budget of entries: sliceTarget at the recent cost of an
+	// entry, within these bounds (a slow disk must not shrink it to
+	// nothing, nor a fast cache make one slice walk millions).
+	sliceEntriesMin  = 5_000
+	sliceEntriesInit = 20_000
+	sliceEntriesMax  = 200_000
 )
 
 // slice is one claim or reclaim of a sweep: the key (claims: the priority)
@@ -46,22 +61,25 @@ const (
 type slice struct {
 	key    int16
 	lo, hi time.Time
-	first  bool
 }
 
 // bottom reports whether the slice reaches the bottom of the index.
 func (s slice) bottom() bool { return s.lo.IsZero() }
 
-// observe records the round trip of an ordinary (not swept) claim or
-// reclaim: the base a slice's cost is measured against.
-func (s *sweep) observe(took time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.base == 0 {
-		s.base = took
-		return
+// sliceCost is what a slice's statement cost the server: the entries of
+// the swept index it read (live and dead; -1 when the server does not
+// count them) and how long it ran.
+type sliceCost struct {
+	entries int64
+	took    time.Duration
+}
+
+// budget is how many entries a slice should read.
+func (s *sweep) budget() float64 {
+	if s.perEntry <= 0 {
+		return sliceEntriesInit
 	}
-	s.base += (took - s.base) / 8
+	return min(max(float64(sliceTarget)/s.perEntry, sliceEntriesMin), sliceEntriesMax)
 }
 
 // next returns the slice due at now, if any, and marks it in flight until
@@ -87,7 +105,7 @@ func (s *sweep) next(now time.Time, key int16, floor time.Time) (slice, bool) {
 		s.width = s.first
 	}
 	s.busy = true
-	sl := slice{key: s.key, hi: s.hi, first: s.atFirst}
+	sl := slice{key: s.key, hi: s.hi}
 	if s.width < sliceWhole {
 		sl.lo = s.hi.Add(-s.width)
 	}
@@ -101,13 +119,13 @@ func (s *sweep) dueAt() time.Time {
 	return s.due
 }
 
-// done records the slice sl, swept at now: its round trip took took, its
-// claim was filled (so there may be more in it: it is swept again), it
-// found a batch its floor had missed, or it failed with err (it is swept
-// again, narrower: a timeout under an old snapshot must not recur). It
-// reports whether the pass ended with it, and whether any of the pass's
-// slices found a batch the floor had missed.
-func (s *sweep) done(now time.Time, sl slice, took time.Duration, filled, missed bool, err error) (ended, passMissed bool) {
+// done records the slice sl, swept at now: what it cost the server,
+// whether its claim was filled (so there may be more in it: it is swept
+// again), whether it found a batch its floor had missed, or that it failed
+// with err (it is swept again, a quarter as wide: a timeout under an old
+// snapshot must not recur). It reports whether the pass ended with it, and
+// whether any of the pass's slices found a batch the floor had missed.
+func (s *sweep) done(now time.Time, sl slice, cost sliceCost, filled, missed bool, err error) (ended, passMissed bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.busy = false
@@ -115,27 +133,33 @@ func (s *sweep) done(now time.Time, sl slice, took time.Duration, filled, missed
 		return false, false // the pass was given up meanwhile
 	}
 	if err != nil {
-		s.width = max(s.width/16, sliceWidthMin)
-		if sl.first {
-			s.first = s.width
-		}
+		s.setWidth(max(s.width/4, sliceWidthMin))
 		s.due = now.Add(minRetryGap)
 		return false, false
 	}
-	extra := max(took-s.base, 0)
-	s.due = now.Add(extra * sweepCost)
+	// ratio: the slice's cost against its budget.
+	var ratio float64
+	if cost.entries >= 0 {
+		if cost.entries >= sliceEntriesMin/4 {
+			ns := float64(cost.took) / float64(cost.entries)
+			if s.perEntry == 0 {
+				s.perEntry = ns
+			}
+			s.perEntry += (ns - s.perEntry) / 4
+		}
+		ratio = float64(cost.entries) / s.budget()
+	} else {
+		ratio = float64(cost.took) / float64(sliceTarget)
+	}
+	// In proportion, but at most four times as wide: entries below a
+	// cheap slice may be as dense as anywhere.
+	grow := 1 / max(ratio, 0.25)
+	s.setWidth(min(max(time.Duration(float64(s.width)*grow), sliceWidthMin), sliceWhole))
+	s.due = now
+	if ratio >= 0.125 {
+		s.due = now.Add(cost.took * sweepCost)
+	}
 	s.missed = s.missed || missed
-	switch {
-	case extra > 2*sliceTarget:
-		s.width = max(time.Duration(float64(s.width)*float64(sliceTarget)/float64(extra)), sliceWidthMin)
-	case extra < sliceTarget/4:
-		s.width = min(4*s.width, sliceWhole)
-	case extra < sliceTarget/2:
-		s.width = min(2*s.width, sliceWhole)
-	}
-	if sl.first {
-		s.first = s.width
-	}
 	if filled {
 		s.due = now
 		return false, false
@@ -147,6 +171,15 @@ func (s *sweep) done(now time.Time, sl slice, took time.Duration, filled, missed
 	}
 	s.hi = sl.lo
 	return false, false
+}
+
+// setWidth sets the width of the next slice, and of the next pass's first
+// if that is the next.
+func (s *sweep) setWidth(w time.Duration) {
+	s.width = w
+	if s.atFirst {
+		s.first = w
+	}
 }
 
 // covered records that a claim from the head of the index began at now
@@ -170,9 +203,9 @@ func (s *sweep) hurry() {
 	}
 }
 
-// abandon gives back a slice that did not run (a reclaim held off): it is
-// the next one again.
-func (s *sweep) abandon(sl slice) {
+// abandon gives back the slice in flight, which did not run (a reclaim
+// held off): it is the next one again.
+func (s *sweep) abandon() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.busy = false
