@@ -123,6 +123,7 @@ type claimPlan struct {
 	priority int16     // claimFloored, claimSlice: the floor
 	runAt    time.Time // claimFloored, claimSlice: the floor
 	slice    slice     // claimSlice
+	metered  bool      // claimSlice, and some floored claims: read what the claim cost the server (see sweep)
 }
 
 // sliceHi is the upper bound of the slice as claimed: the pass's, or the
@@ -170,7 +171,9 @@ func (c *claimCursor) next(now time.Time, asked bool) claimPlan {
 		}
 		c.plan = claimPlan{kind: claimFloored, priority: c.priority, runAt: c.runAt}
 		if sl, ok := pace.sweep.next(now, c.priority, c.runAt); ok {
-			c.plan.kind, c.plan.slice = claimSlice, sl
+			c.plan.kind, c.plan.slice, c.plan.metered = claimSlice, sl, true
+		} else {
+			c.plan.metered = pace.sweep.wantBase()
 		}
 	}
 	return c.plan
@@ -191,6 +194,10 @@ func (c *claimCursor) done(now time.Time, claimed []batch.Batch, filled bool, db
 	switch c.plan.kind {
 	case claimFull:
 		pace.sweep.covered(now.Add(-took))
+	case claimFloored:
+		if c.plan.metered {
+			pace.sweep.observe(cost)
+		}
 	case claimSlice:
 		// The slice's batches are those of the floor's priority below its
 		// upper bound; it was filled if they took all the claim had room

@@ -221,6 +221,39 @@ func TestSweep(t *testing.T) {
 	require.Equal(t, floor, sl.hi)
 }
 
+// TestSweepBase: one ordinary claim in baseEvery is metered, and a slice
+// costs what it read and took beyond them: under an old snapshot the claim
+// from the floor walks the dead entries within the lag, and those must not
+// narrow the slices to nothing.
+func TestSweepBase(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 8, 0, 0, 0, time.UTC)
+	s := sweep{}
+	require.True(t, s.wantBase(), "the first ordinary claim")
+	s.observe(sliceCost{entries: 30_000, took: 6 * time.Millisecond})
+	for range baseEvery - 1 {
+		require.False(t, s.wantBase())
+	}
+	require.True(t, s.wantBase())
+	s.observe(sliceCost{entries: 30_000, took: 6 * time.Millisecond})
+
+	sl, ok := s.next(t0, 0, t0)
+	require.True(t, ok)
+	// 50,000 entries in 10 ms, 20,000 and 4 ms beyond the base: 200 ns an
+	// entry, a budget of 50,000, so 2.5 times as wide; the next slice
+	// 20 × 4 ms later.
+	s.done(t0, sl, sliceCost{entries: 50_000, took: 10 * time.Millisecond}, false, false, nil)
+	require.InDelta(t, 200, s.perEntry, 0.001)
+	_, ok = s.next(t0.Add(79*time.Millisecond), 0, t0)
+	require.False(t, ok)
+	sl2, ok := s.next(t0.Add(80*time.Millisecond), 0, t0)
+	require.True(t, ok)
+	require.Equal(t, sl.hi.Sub(sl.lo)*5/2, sl2.hi.Sub(sl2.lo))
+	// Cheaper than the base: nothing beyond it, the next at once.
+	s.done(t0, sl2, sliceCost{entries: 10_000, took: 2 * time.Millisecond}, false, false, nil)
+	_, ok = s.next(t0, 0, t0)
+	require.True(t, ok)
+}
+
 // TestSweepUncounted: where the server does not count entries
 // (track_counts off), a slice's time on the server stands in for them.
 func TestSweepUncounted(t *testing.T) {

@@ -274,7 +274,13 @@ func (r *Runner) roundTrip(finished []*job, n int, acksOnly bool) (claimed []bat
 			b.Queue(sql.claimSlice, r.cfg.Queue, n, token, r.cfg.Owner, lease, plan.priority, plan.runAt, lo, plan.sliceHi())
 			b.Queue(sql.meter, sql.claimIndex)
 		default:
+			if plan.metered {
+				b.Queue(sql.meter, sql.claimIndex)
+			}
 			b.Queue(sql.claimFrom, r.cfg.Queue, n, token, r.cfg.Owner, lease, plan.priority, plan.runAt)
+			if plan.metered {
+				b.Queue(sql.meter, sql.claimIndex)
+			}
 		}
 	}
 
@@ -294,7 +300,7 @@ func (r *Runner) roundTrip(finished []*job, n int, acksOnly bool) (claimed []bat
 	var dbNow time.Time
 	var before, after meterReading
 	if n > 0 && err == nil {
-		if plan.kind == claimSlice {
+		if plan.metered {
 			before, err = readMeter(br)
 		}
 		var rows pgx.Rows
@@ -304,10 +310,10 @@ func (r *Runner) roundTrip(finished []*job, n int, acksOnly bool) (claimed []bat
 			}
 		}
 		if err == nil {
-			switch plan.kind {
-			case claimFull:
+			switch {
+			case plan.kind == claimFull:
 				err = br.QueryRow().Scan(&dbNow)
-			case claimSlice:
+			case plan.metered:
 				after, err = readMeter(br)
 			}
 		}

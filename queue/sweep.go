@@ -24,13 +24,20 @@ import (
 // 1/sweepCost of the server's time: a slice that read next to nothing
 // (below the region an old snapshot keeps) is followed by the next at once.
 // Where the server does not count entries (track_counts off), the
-// statement's time stands in for them. The runners of one client and queue
-// share one sweep for claims and one for reclaims: safe for concurrent use.
+// statement's time stands in for them. A claim's statement also reads
+// from its floor, which under an old snapshot walks the entries of the
+// batches finished within the floor's lag; every baseEvery-th ordinary
+// claim is metered too, and a slice's cost is what it read and took beyond
+// theirs (the base). The runners of one client and queue share one sweep
+// for claims and one for reclaims: safe for concurrent use.
 type sweep struct {
 	mu       sync.Mutex
-	perEntry float64 // what the server spent per entry read, in ns (a moving average); 0: not known yet
-	active   bool    // a pass is under way
-	key      int16   // claims: the priority the pass sweeps
+	perEntry float64   // what the server spent per entry read, in ns (a moving average); 0: not known yet
+	base     sliceCost // what an ordinary (floored) claim costs the server (moving averages)
+	baseSeen bool
+	ordinary int   // ordinary claims since the last metered one
+	active   bool  // a pass is under way
+	key      int16 // claims: the priority the pass sweeps
 	hi       time.Time
 	width    time.Duration // of the next slice
 	first    time.Duration // of a pass's first slice, carried from pass to pass
@@ -54,6 +61,8 @@ const (
 	sliceEntriesMin  = 5_000
 	sliceEntriesInit = 20_000
 	sliceEntriesMax  = 200_000
+
+	baseEvery = 8 // of the ordinary claims, one in this many is metered (see sweep)
 )
 
 // slice is one claim or reclaim of a sweep: the key (claims: the priority)
@@ -80,6 +89,35 @@ func (s *sweep) budget() float64 {
 		return sliceEntriesInit
 	}
 	return min(max(float64(sliceTarget)/s.perEntry, sliceEntriesMin), sliceEntriesMax)
+}
+
+// wantBase reports whether the next ordinary claim should be metered: the
+// first, and one in baseEvery after it.
+func (s *sweep) wantBase() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ordinary++
+	if !s.baseSeen || s.ordinary >= baseEvery {
+		s.ordinary = 0
+		return true
+	}
+	return false
+}
+
+// observe records what a metered ordinary claim cost the server: the base
+// a slice's cost is measured beyond.
+func (s *sweep) observe(cost sliceCost) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cost.entries < 0 {
+		cost.entries = 0
+	}
+	if !s.baseSeen {
+		s.base, s.baseSeen = cost, true
+		return
+	}
+	s.base.entries += (cost.entries - s.base.entries) / 4
+	s.base.took += (cost.took - s.base.took) / 4
 }
 
 // next returns the slice due at now, if any, and marks it in flight until
@@ -137,6 +175,11 @@ func (s *sweep) done(now time.Time, sl slice, cost sliceCost, filled, missed boo
 		s.due = now.Add(minRetryGap)
 		return false, false
 	}
+	// What the slice cost beyond an ordinary claim.
+	if cost.entries >= 0 {
+		cost.entries = max(cost.entries-s.base.entries, 0)
+	}
+	cost.took = max(cost.took-s.base.took, 0)
 	// ratio: the slice's cost against its budget.
 	var ratio float64
 	if cost.entries >= 0 {

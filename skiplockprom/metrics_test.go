@@ -135,7 +135,13 @@ func TestStatsQueriedOncePerInterval(t *testing.T) {
 	w := newWired(t, &skiplockprom.Config{StatsInterval: time.Hour}, func(context.Context, *batch.Batch) error { return nil })
 	for i := 0; i < 10; i++ {
 		s := scrapeOnce(t, w.url)
-		require.Equal(t, 1.0, s.must(t, "skiplock_queue_stats_queries_total"))
+		n := s.must(t, "skiplock_queue_stats_queries_total")
+		if i == 0 && n == 0 {
+			// The registry gathers collectors concurrently: the first
+			// scrape may read the counter before its own query counts.
+			continue
+		}
+		require.Equal(t, 1.0, n)
 	}
 }
 
