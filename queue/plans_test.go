@@ -65,8 +65,11 @@ func (l *statementLog) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchE
 // (as a custom plan and as a generic one, in a transaction rolled back),
 // and none may read more than a tenth of the dead entries' buffers, but
 // for the few that read from the head of an index by design.
+//
+// Not parallel: its 2.5 million rows would load the machine under the
+// parallel tests (the dead-entries test among them, whose round trips have
+// 100 ms).
 func TestStatementsSkipDeadEntries(t *testing.T) {
-	t.Parallel()
 	url := pgtest.SharedURL(t)
 	schema := pgtest.NewSchema(t, url)
 	log := &statementLog{args: map[string][]any{}}

@@ -295,8 +295,9 @@ func explainFloored(t *testing.T, e *env, mode, sql string) string {
 func TestRunnerOutlivesDeadEntriesBeyondItsTimeout(t *testing.T) {
 	t.Parallel()
 	const opTimeout = 100 * time.Millisecond
-	// The runner's log goes with the test's output: shown if it fails.
-	e := newEnv(t, &queue.Config{OpTimeout: opTimeout, Logger: zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))})
+	// The set-up and the producer use the default timeouts: the runner's
+	// 100 ms is the premise, not theirs.
+	e := newEnv(t, nil)
 	ctx := testContext(t)
 	e.exec(`INSERT INTO ` + e.q("batch") + ` (queue, max_attempts, run_at)
 		SELECT 'work', 1, now() - interval '30 minutes' + g * interval '500 microseconds' FROM generate_series(1, 2500000) g`)
@@ -323,9 +324,12 @@ func TestRunnerOutlivesDeadEntriesBeyondItsTimeout(t *testing.T) {
 	want := map[int64]string{e.enqueueMarked(ctx, queue.EnqueueParams{RunAt: time.Now().Add(-2 * time.Hour)}): "run_at below every dead entry"}
 	want[e.crashedClaim(ctx, "20 minutes", "20 minutes")] = "reclaimed"
 
+	// The runner's log goes with the test's output: shown if it fails.
+	producer := e.client
+	e.client = newClient(t, e.pool, e.schema, &queue.Config{OpTimeout: opTimeout, Logger: zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))})
 	r, handled, seen := e.startMarkedRunner()
 	started := time.Now()
-	enqueueN(t, e.client, "work", 500)
+	enqueueN(t, producer, "work", 500)
 	waitFor(t, time.Minute, "the 500 new batches handled", func() bool { return handled.Load() >= 500 })
 	if os.Getenv("SKIPLOCK_SOAK") == "" {
 		// On an otherwise idle machine the rest passes in 1-2 minutes. On
