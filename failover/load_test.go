@@ -57,7 +57,7 @@ func requireInvariants(t *testing.T, name string, rep *faultlab.Report, lostComm
 	require.Positive(t, rep.Acked)
 	require.Zero(t, rep.Lost, "acknowledged batches were lost")
 	require.Zero(t, rep.DoneTwice, "batches were completed more than once")
-	require.Zero(t, rep.StaleCompletions, "a stale token's completion was accepted")
+	require.Zero(t, rep.StaleCompletions, "a stale token's completion was accepted: %v", rep.StaleDetail)
 	require.Equal(t, rep.Acked, rep.Completed, "every acknowledged batch should be completed after the drain")
 	if !lostCommits {
 		require.Zero(t, rep.Overlaps, "handlers of one batch overlapped beyond the margin (max %s)", rep.MaxOverlap)

@@ -83,6 +83,7 @@ func BenchmarkSustainedChurn(b *testing.B) {
 				}
 			}()
 		}
+		scans0, read0 := e.claimIndexReads()
 		for _, r := range runners {
 			require.NoError(b, r.Start(context.Background()))
 		}
@@ -100,6 +101,7 @@ func BenchmarkSustainedChurn(b *testing.B) {
 		for _, r := range runners {
 			require.NoError(b, r.Stop(context.Background()))
 		}
+		scans1, read1 := e.claimIndexReads()
 		var size, idxSize, dead, live int64
 		require.NoError(b, e.pool.QueryRow(context.Background(), `
 			SELECT pg_relation_size(c.oid), pg_relation_size(i.oid), coalesce(s.n_dead_tup, 0), coalesce(s.n_live_tup, 0)
@@ -117,6 +119,21 @@ func BenchmarkSustainedChurn(b *testing.B) {
 		b.ReportMetric(float64(size)/(1<<20), "table-MiB")
 		b.ReportMetric(float64(idxSize)/(1<<20), "claim-idx-MiB")
 		b.ReportMetric(float64(dead), "dead-tuples")
+		if scans1 > scans0 {
+			b.ReportMetric(float64(read1-read0)/float64(scans1-scans0), "claim-idx-entries/scan")
+		}
 		b.ReportMetric(0, "ns/op")
 	}
+}
+
+// claimIndexReads returns the scans of the claim index and the entries they
+// read (dead ones included) as the statistics system has them; backends
+// report within a second or so, so only differences over a longer run mean
+// much.
+func (e *env) claimIndexReads() (scans, read int64) {
+	e.t.Helper()
+	require.NoError(e.t, e.pool.QueryRow(context.Background(), `
+		SELECT coalesce(sum(idx_scan), 0)::int8, coalesce(sum(idx_tup_read), 0)::int8 FROM pg_stat_user_indexes
+		WHERE schemaname = $1 AND indexrelname = 'batch_claim_idx'`, e.schema).Scan(&scans, &read))
+	return scans, read
 }

@@ -180,15 +180,21 @@ func (c *claimCursor) next(now time.Time, asked bool) claimPlan {
 }
 
 // done records a claim's result at now: the batches it took (in any
-// order), whether it took all it asked for, the database's clock when a
-// full claim ran, how long its round trip took, and what a slice's
-// statement cost the server. A claim takes the
-// lowest claimable batches at or above the floor that no other claimer
+// order), whether it took all it asked for, the database's clock when the
+// claim ran (its transaction's start; zero if unknown), how long its round
+// trip took, and what a slice's statement cost the server. A claim takes
+// the lowest claimable batches at or above the floor that no other claimer
 // holds, so nothing claimable is left below the last of them but batches of
-// the kinds listed above; the floor moves up to that one, less the lag. A
-// full claim that found nothing puts the floor at the default priority and
-// the database's clock, less the lag: whatever is enqueued from then on is
-// above it. The floor never moves down; a slice's batches lie below it.
+// the kinds listed above. The floor moves up to that one, but no higher
+// than the claim's clock less the lag: only an enqueue that began before
+// then and had not committed yet (one slower than the lag) can still
+// appear below it. With a backlog deeper than the lag, the floor is the
+// last batch taken itself, and a claim under an old snapshot walks only the
+// entries of the batches taken since by the other claimers, not the lag's
+// worth of them. A full claim that found nothing puts the floor at the
+// default priority and the database's clock, less the lag: whatever is
+// enqueued from then on is above it. The floor never moves down; a slice's
+// batches lie below it.
 func (c *claimCursor) done(now time.Time, claimed []batch.Batch, filled bool, dbNow time.Time, took time.Duration, cost sliceCost) {
 	pace := c.shared()
 	switch c.plan.kind {
@@ -225,7 +231,12 @@ func (c *claimCursor) done(now time.Time, claimed []batch.Batch, filled bool, db
 		last := slices.MaxFunc(claimed, func(a, b batch.Batch) int {
 			return cmp.Or(cmp.Compare(a.Priority, b.Priority), a.RunAt.Compare(b.RunAt), cmp.Compare(a.ID, b.ID))
 		})
-		p, at = last.Priority, last.RunAt.Add(-lag)
+		p, at = last.Priority, last.RunAt
+		if dbNow.IsZero() {
+			at = at.Add(-lag)
+		} else if ceil := dbNow.Add(-lag); ceil.Before(at) {
+			at = ceil
+		}
 	case c.plan.kind == claimFull && !dbNow.IsZero():
 		p, at = 0, dbNow.Add(-lag)
 	default:

@@ -440,3 +440,32 @@ func TestReclaimFloorShared(t *testing.T) {
 	f.done(t0.Add(50*time.Second), 0, nil)
 	require.Equal(t, 500*time.Millisecond+reclaimMargin, f.next(t0.Add(50500*time.Millisecond), nil), "back to the last reclaim that finished")
 }
+
+// TestClaimFloorFollowsTheBacklog: the floor is the last batch a claim
+// took when the backlog is deeper than the lag (every batch below it was
+// enqueued by a transaction that began more than the lag before the
+// claim), and the claim's clock less the lag when the claims have caught
+// up with the producers. Without the claim's clock, the lag is taken off
+// the last batch, as before.
+func TestClaimFloorFollowsTheBacklog(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 8, 0, 0, 0, time.UTC)
+	var c claimCursor
+	c.next(t0, false)
+	c.done(t0, nil, false, t0, time.Millisecond, cheapSlice) // the full claim at start
+	lag := c.floorLag()
+	claim := func(runAt, dbNow time.Time) time.Time {
+		t.Helper()
+		require.Equal(t, claimFloored, c.next(t0, false).kind)
+		c.done(t0, []batch.Batch{{ID: 1, RunAt: runAt.Add(-time.Millisecond)}, {ID: 2, RunAt: runAt}}, true, dbNow, time.Millisecond, cheapSlice)
+		return c.runAt
+	}
+	// A backlog two seconds deep: the floor is the last batch taken.
+	require.Equal(t, t0.Add(time.Second), claim(t0.Add(time.Second), t0.Add(3*time.Second)))
+	// Caught up: the last batch taken was enqueued a millisecond ago, and
+	// an enqueue that began before it may not have committed yet.
+	at := t0.Add(5 * time.Second)
+	require.Equal(t, at.Add(time.Millisecond-lag), claim(at, at.Add(time.Millisecond)))
+	// The claim's clock unknown: the lag comes off the last batch.
+	at = t0.Add(10 * time.Second)
+	require.Equal(t, at.Add(-lag), claim(at, time.Time{}))
+}

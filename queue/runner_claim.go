@@ -328,6 +328,11 @@ func (r *Runner) roundTrip(finished []*job, n int, acksOnly bool) (claimed []bat
 			}
 			r.cursor.failed(time.Now(), dbNow, err)
 		} else {
+			if dbNow.IsZero() && len(claimed) > 0 {
+				// The claim's clock: its leases run from its transaction's
+				// start (sql.claimFrom and the others).
+				dbNow = claimed[0].Lease.ExpiresAt.Add(-r.cfg.LeaseDuration)
+			}
 			r.cursor.done(time.Now(), claimed, len(claimed) == n, dbNow, time.Since(sent), before.costTo(after))
 			switch plan.kind {
 			case claimFull:

@@ -28,6 +28,14 @@ type Report struct {
 	// CompletedByLaterClaim are completions on record under a token no
 	// handler ran with, made after a run of the batch had finished it.
 	CompletedByLaterClaim int
+	// OvertakenOnDiscarded are completions whose run another claim of the
+	// batch overtook while it ran, where that claim was made on a writer
+	// whose history was then discarded (a reversed failover): on the
+	// surviving history the run's lease was never taken, so its completion
+	// is not stale. The second run is a duplicate, counted there too.
+	OvertakenOnDiscarded int
+	// StaleDetail describes the first stale completions, for a log.
+	StaleDetail []string
 	// Duplicates are batches (by key) whose handler ran more than once; DuplicateAt holds,
 	// for each, when the second run started.
 	Duplicates  int
@@ -45,8 +53,19 @@ type Report struct {
 
 // String is a one-line summary.
 func (r *Report) String() string {
-	return fmt.Sprintf("acked=%d completed=%d queued=%d lost=%d done_twice=%d stale_completions=%d completed_by_later_claim=%d duplicates=%d delivered_twice=%d overlaps=%d max_overlap=%s executions=%d",
-		r.Acked, r.Completed, r.Queued, r.Lost, r.DoneTwice, r.StaleCompletions, r.CompletedByLaterClaim, r.Duplicates, r.DeliveredTwice, r.Overlaps, r.MaxOverlap.Round(time.Millisecond), r.Executions)
+	return fmt.Sprintf("acked=%d completed=%d queued=%d lost=%d done_twice=%d stale_completions=%d completed_by_later_claim=%d overtaken_on_discarded=%d duplicates=%d delivered_twice=%d overlaps=%d max_overlap=%s executions=%d",
+		r.Acked, r.Completed, r.Queued, r.Lost, r.DoneTwice, r.StaleCompletions, r.CompletedByLaterClaim, r.OvertakenOnDiscarded, r.Duplicates, r.DeliveredTwice, r.Overlaps, r.MaxOverlap.Round(time.Millisecond), r.Executions)
+}
+
+// stale records a stale completion and, for the first few, what made it so.
+func (r *Report) stale(detail string) {
+	r.StaleCompletions++
+	if len(r.StaleDetail) < 10 {
+		r.StaleDetail = append(r.StaleDetail, detail)
+	}
+	if os.Getenv("SKIPLOCK_DEBUG_STALE") != "" {
+		fmt.Fprintln(os.Stderr, "STALE", detail)
+	}
 }
 
 // LostDetail lists the first lost keys with when they were acknowledged, for a log.
@@ -203,26 +222,26 @@ WHERE d.queue = $1`, l.cfg.Queue)
 			continue
 		}
 		if i < 0 {
-			rep.StaleCompletions++ // no handler ran under the token on record
-			if os.Getenv("SKIPLOCK_DEBUG_STALE") != "" {
-				fmt.Fprintf(os.Stderr, "STALE notoken: done id=%d tok=%d key=%q created=%d at=%s runs=%+v\n", d.id, d.token, d.key, d.created, d.at, runs)
-			}
+			// No handler ran under the token on record.
+			rep.stale(fmt.Sprintf("no run under the token on record: done id=%d token=%d key=%q at=%s runs=%s",
+				d.id, d.token, d.key, d.at.Format(stamp), describeRuns(runs)))
 			continue
 		}
 		// Stale: another claim of the batch began while this run's handler was
 		// still running, and before the completion was recorded — the run had
 		// lost its lease and its completion was accepted all the same. A run
 		// that ended before the next claim began (its completion lost with a
-		// writer and re-asserted later) is not stale.
+		// writer and re-asserted later) is not stale, and neither is one
+		// overtaken only by claims made on a writer whose history was
+		// discarded (DiscardClaims): on the history that survived, its lease
+		// was never taken.
 		own := runs[i]
-		for _, e := range runs {
-			if e.Token != d.token && e.Start.After(own.Start) && !own.End.IsZero() && e.Start.Before(own.End) && e.Start.Before(d.at) {
-				rep.StaleCompletions++
-				if os.Getenv("SKIPLOCK_DEBUG_STALE") != "" {
-					fmt.Fprintf(os.Stderr, "STALE overtaken: done id=%d tok=%d key=%q at=%s own=%+v other=%+v\n", d.id, d.token, d.key, d.at, own, e)
-				}
-				break
-			}
+		switch e, onDiscarded := overtaker(own, runs, d.at, l.discardedClaim); {
+		case e != nil:
+			rep.stale(fmt.Sprintf("overtaken while it ran: done id=%d token=%d key=%q at=%s; its run %s; the other %s",
+				d.id, d.token, d.key, d.at.Format(stamp), describeRun(own), describeRun(*e)))
+		case onDiscarded:
+			rep.OvertakenOnDiscarded++
 		}
 	}
 
@@ -274,6 +293,83 @@ WHERE d.queue = $1`, l.cfg.Queue)
 	slices.SortFunc(rep.DuplicateAt, time.Time.Compare)
 	slices.SortFunc(rep.DeliveredTwiceAt, time.Time.Compare)
 	return rep, nil
+}
+
+// overtaker returns a run of runs that overtook own, the run whose
+// completion was recorded at doneAt: another claim's run that began while
+// own still ran and before the completion was recorded. Runs whose claims
+// were made on a discarded writer (discarded) do not count; onDiscarded
+// reports whether there were such.
+func overtaker(own Execution, runs []Execution, doneAt time.Time, discarded func(Execution) bool) (_ *Execution, onDiscarded bool) {
+	if own.End.IsZero() {
+		return nil, false
+	}
+	for i, e := range runs {
+		if e.Token == own.Token || !e.Start.After(own.Start) || !e.Start.Before(own.End) || !e.Start.Before(doneAt) {
+			continue
+		}
+		if discarded(e) {
+			onDiscarded = true
+			continue
+		}
+		return &runs[i], onDiscarded
+	}
+	return nil, onDiscarded
+}
+
+const stamp = "15:04:05.000000"
+
+func describeRun(e Execution) string {
+	end := "running"
+	if !e.End.IsZero() {
+		end = e.End.Format(stamp)
+	}
+	return fmt.Sprintf("{id=%d token=%d runner=%s start=%s end=%s done=%t}", e.BatchID, e.Token, e.Runner, e.Start.Format(stamp), end, e.Done)
+}
+
+func describeRuns(es []Execution) string {
+	s := make([]string, len(es))
+	for i, e := range es {
+		s[i] = describeRun(e)
+	}
+	return fmt.Sprint(s)
+}
+
+// DiscardClaims records the claims on record on a writer whose history is
+// being discarded (node, read-only by now; it took writes from since on):
+// the lease tokens of its running batches and of its completions, of
+// claims whose handlers started after since. Check does not count a run
+// overtaken only by those claims as a stale completion (see
+// Report.OvertakenOnDiscarded). Claims the writer forgot (a failed attempt
+// clears the token) are not recorded, so such an overtaking still counts
+// as stale: the check errs towards reporting.
+func (l *Load) DiscardClaims(ctx context.Context, node *pgxpool.Pool, since time.Time) error {
+	s := func(t string) string { return pgx.Identifier{l.cfg.Schema, t}.Sanitize() }
+	rows, err := node.Query(ctx, `SELECT lease_token FROM `+s("batch")+` WHERE queue = $1 AND lease_token IS NOT NULL
+UNION ALL SELECT lease_token FROM `+s("batch_done")+` WHERE queue = $1 AND done_at >= $2`, l.cfg.Queue, since)
+	if err != nil {
+		return fmt.Errorf("faultlab: claims on the discarded writer: %w", err)
+	}
+	tokens, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return fmt.Errorf("faultlab: claims on the discarded writer: %w", err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, t := range tokens {
+		l.discarded[t] = since
+	}
+	return nil
+}
+
+// discardedClaim reports whether e's claim was made on a discarded writer:
+// its token is on record there, and its handler started after that writer
+// began taking writes.
+func (l *Load) discardedClaim(e Execution) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	since, ok := l.discarded[e.Token]
+	return ok && e.Start.After(since)
 }
 
 func minTime(a, b time.Time) time.Time {

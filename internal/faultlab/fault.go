@@ -208,6 +208,7 @@ func run(ctx context.Context, c *Cluster, l *Load, f Fault, o *Outcome) error {
 		if err := c.promote(ctx, r); err != nil {
 			return err
 		}
+		promoted := time.Now()
 		c.Proxy.SetTarget(c.Addr(r))
 		if err := o.recover(ctx, l, "switch", time.Now()); err != nil {
 			return err
@@ -220,6 +221,9 @@ func run(ctx context.Context, c *Cluster, l *Load, f Fault, o *Outcome) error {
 			return err
 		}
 		if err := c.Nodes[w].UndoReadOnly(ctx); err != nil {
+			return err
+		}
+		if err := l.DiscardClaims(ctx, c.Direct(r), promoted); err != nil {
 			return err
 		}
 		// A rotation made on the other side is lost with its commits: the

@@ -144,6 +144,9 @@ type Load struct {
 	execs   []*Execution
 	calls   []EnqueueCall
 	waiters []*execWaiter
+	// discarded holds lease tokens of claims made on a writer whose history
+	// did not survive (see DiscardClaims), with when that writer took writes.
+	discarded map[int64]time.Time
 
 	stopProd  context.CancelFunc
 	producers sync.WaitGroup
@@ -163,7 +166,7 @@ func StartLoad(ctx context.Context, db queue.DB, cfg *LoadConfig) (_ *Load, err 
 	if err != nil {
 		return nil, err
 	}
-	l := &Load{cfg: o, Client: client, clients: []*queue.Client{client}, acked: map[string]time.Time{}}
+	l := &Load{cfg: o, Client: client, clients: []*queue.Client{client}, acked: map[string]time.Time{}, discarded: map[int64]time.Time{}}
 	defer func() {
 		if err != nil {
 			l.Stop()
