@@ -41,6 +41,7 @@ func run() int {
 		seed      = flag.Int64("seed", 0, "chaos: seed of the randomized fault schedule (0: from the clock; printed, the same seed replays the schedule)")
 		scenarios = flag.String("scenarios", "all", "comma-separated: enqueue, throughput, ceiling, peer, latency, soak, failover, chaos, backlog, cost, retention, slots, mvcc (all: every one but chaos, backlog, retention, slots and mvcc)")
 		mvccVars  = flag.String("mvcc-variants", "all", "mvcc: comma-separated snapshot variants: none, primary, replica (all: the three; the ratios need none)")
+		mvccSys   = flag.String("mvcc-systems", "all", "mvcc: comma-separated systems: skiplock, river (all: both)")
 		dsn       = flag.String("dsn", "", "PostgreSQL connection string to measure on (default: start a throwaway server); the failover scenario always starts its own servers")
 		jsonPath  = flag.String("json", "", "write every figure as JSON to this file")
 		chartPath = flag.String("chart", "", "write the throughput chart (SVG) to this file")
@@ -69,6 +70,9 @@ func run() int {
 	}
 	if err == nil {
 		cfg.MVCCVariants, err = harness.ParseMVCCVariants(*mvccVars)
+	}
+	if err == nil {
+		cfg.MVCCSystems, err = harness.ParseMVCCSystems(*mvccSys)
 	}
 	if err == nil && *workers != "" {
 		cfg.Workers, err = harness.ParseInts(*workers)

@@ -99,6 +99,7 @@ type Config struct {
 	MVCCDuration time.Duration // mvcc: length of each run (each system under each variant)
 	MVCCWindow   time.Duration // mvcc: the reporting window
 	MVCCVariants []string      // mvcc: which of AllMVCCVariants run
+	MVCCSystems  []string      // mvcc: which systems run (skiplock, river); default both
 
 	Progress io.Writer // progress lines; nil discards them
 }
@@ -122,6 +123,7 @@ func Preset(name string) (*Config, error) {
 		BacklogMarks:     slices.Clone(BacklogMarksDefault),
 		Slots:            []int{1, 16, 64, 256},
 		MVCCVariants:     slices.Clone(AllMVCCVariants),
+		MVCCSystems:      []string{SystemSkiplock, SystemRiver},
 	}
 	switch name {
 	case "quick":

@@ -62,6 +62,25 @@ var mvccReplicaSettings = map[string]string{
 	"max_standby_streaming_delay":  "-1",
 }
 
+// ParseMVCCSystems parses a comma-separated list of systems for the mvcc
+// scenario ("all": skiplock and River).
+func ParseMVCCSystems(s string) ([]string, error) {
+	if s == "all" {
+		return []string{SystemSkiplock, SystemRiver}, nil
+	}
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		v = strings.TrimSpace(v)
+		if v != SystemSkiplock && v != SystemRiver {
+			return nil, fmt.Errorf("unknown mvcc system %q (known: %s, %s)", v, SystemSkiplock, SystemRiver)
+		}
+		if !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	return out, nil
+}
+
 // ParseMVCCVariants parses a comma-separated list of mvcc variants ("all"
 // or "" for every one).
 func ParseMVCCVariants(s string) ([]string, error) {
@@ -93,6 +112,13 @@ func (c *Config) validateMVCC() error {
 		return fmt.Errorf("MVCCWindow must be positive and MVCCDuration at least MVCCWindow")
 	case len(c.MVCCVariants) == 0:
 		return fmt.Errorf("MVCCVariants must not be empty")
+	case len(c.MVCCSystems) == 0:
+		return fmt.Errorf("MVCCSystems must not be empty")
+	}
+	for _, s := range c.MVCCSystems {
+		if s != SystemSkiplock && s != SystemRiver {
+			return fmt.Errorf("MVCCSystems: unknown system %q (known: %s, %s)", s, SystemSkiplock, SystemRiver)
+		}
 	}
 	for _, v := range c.MVCCVariants {
 		if !slices.Contains(AllMVCCVariants, v) {
@@ -676,7 +702,7 @@ func runMVCC(ctx context.Context, cfg *Config, e *env, rep *Report, prog *progre
 			rep.note("mvcc: a streaming replica (hot_standby_feedback = on) ran through every variant, so the baseline pays for shipping the WAL too; only in the replica variant does it hold a snapshot")
 		}
 	}
-	systems := []string{SystemSkiplock, SystemRiver}
+	systems := cfg.MVCCSystems
 	var firstErr error
 	for i, v := range variants {
 		order := systems

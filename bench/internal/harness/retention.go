@@ -411,9 +411,10 @@ func (e *env) pruneUnderLoad(ctx context.Context, cfg *Config, asOf time.Time, r
 		{"prune completion records", func() (int64, error) { return prune(false) }},
 		{"prune keys", func() (int64, error) { return prune(true) }},
 		{"vacuum", func() (int64, error) {
-			return 0, e.exec(ctx, `VACUUM `+qs("batch_key_digest")+`, `+qs("batch_done"))
+			return 0, e.pacedVacuum(ctx, qs("batch_key_digest")+`, `+qs("batch_done"))
 		}},
 	}
+	rep.note("retention: the vacuum after pruning is paced as autovacuum paces it by default (vacuum_cost_delay %s, vacuum_cost_limit %d); runs before 2026-12-03 vacuumed unpaced", autovacuumCostDelay, autovacuumCostLimit)
 	var afterPrune retentionSizes
 	for _, s := range steps {
 		if s.name == "vacuum" {
@@ -568,4 +569,34 @@ func (r *Report) retentionTable(w io.Writer) {
 		r.cell(ScenarioRetention, SystemSkiplock, "key_table_bytes", "stage", "pruned and vacuumed"),
 		r.cell(ScenarioRetention, SystemSkiplock, "key_pk_bytes", "stage", "pruned and vacuumed"),
 		r.cell(ScenarioRetention, SystemSkiplock, "done_table_bytes", "stage", "pruned and vacuumed"))
+}
+
+// Autovacuum's pacing in PostgreSQL 12 and later (autovacuum_vacuum_cost_delay
+// 2ms, autovacuum_vacuum_cost_limit -1, so vacuum_cost_limit's 200): what
+// vacuums the pruned tables in production. A manual VACUUM is not paced
+// (vacuum_cost_delay 0) and measures a vacuum no deployment runs under load.
+const (
+	autovacuumCostDelay = "2ms"
+	autovacuumCostLimit = 200
+)
+
+// pacedVacuum vacuums tables with autovacuum's default pacing, on one
+// connection.
+func (e *env) pacedVacuum(ctx context.Context, tables string) error {
+	c, err := e.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Release()
+	if _, err := c.Exec(ctx, fmt.Sprintf("SET vacuum_cost_delay = '%s'", autovacuumCostDelay)); err != nil {
+		return err
+	}
+	if _, err := c.Exec(ctx, fmt.Sprintf("SET vacuum_cost_limit = %d", autovacuumCostLimit)); err != nil {
+		return err
+	}
+	_, err = c.Exec(ctx, `VACUUM `+tables)
+	if _, rerr := c.Exec(context.WithoutCancel(ctx), "RESET vacuum_cost_delay; RESET vacuum_cost_limit"); err == nil && rerr != nil {
+		c.Conn().Close(context.WithoutCancel(ctx)) // do not hand a paced session back to the pool
+	}
+	return err
 }
