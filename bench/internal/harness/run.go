@@ -96,7 +96,7 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 			fail(ScenarioSlots, runSlots(ctx, cfg, e, rep, prog))
 		}
 		if cfg.has(ScenarioMVCC) && ctx.Err() == nil {
-			prog.step("scenario mvcc (%s per run, variants %s; skiplock and River)", cfg.MVCCDuration, strings.Join(cfg.MVCCVariants, ", "))
+			prog.step("scenario mvcc (%s per run, variants %s; systems %s)", cfg.MVCCDuration, strings.Join(cfg.MVCCVariants, ", "), strings.Join(cfg.MVCCSystems, ", "))
 			fail(ScenarioMVCC, runMVCC(ctx, cfg, e, rep, prog))
 		}
 	}
