@@ -121,6 +121,12 @@ func TestEventsReportLifecycle(t *testing.T) {
 		st := r.Stats()
 		return st.Completed == 2 && st.Dead == 1
 	})
+	// Events reach the callback on a goroutine of their own, after the
+	// statistics: wait until these outcomes' events have been delivered
+	// (the second claim's event comes before the dead letter's).
+	waitFor(t, 5*time.Second, "the outcomes' events delivered", func() bool {
+		return log.count(queue.EventDeadLettered) == 1 && len(log.batches(queue.EventCompleted)) == 2
+	})
 	require.Equal(t, 3, log.count(queue.EventEnqueued))
 	for _, ev := range log.all() {
 		require.NotZero(t, ev.Count, ev.String())
