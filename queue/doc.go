@@ -39,10 +39,12 @@
 // hot_standby_feedback — those entries pile up, and a claim that starts at
 // the head visits them all, and after half an hour of churn it no longer
 // fits in a round trip's timeout at all. A Runner therefore starts its
-// claims at a floor just below the batches its last claims took (and scans
-// the more urgent priorities apart), so a claim costs about the batches it
-// takes plus those finished in the last fraction of a second, however old
-// the oldest snapshot is. It reads from the head only at start; if that
+// claims at a floor at the last batch its last claim took, but no later
+// than that claim's clock less the floor's lag (and scans the more urgent
+// priorities apart), so a claim costs about the batches it takes plus
+// those other claimers took meanwhile (and, once the claims have caught up
+// with the producers, those finished within the lag), however old the
+// oldest snapshot is. It reads from the head only at start; if that
 // claim times out, the floor starts at the database's clock. Below the
 // floor, a sweep finds batches that became claimable there: released and
 // reclaimed batches (they keep their place in line), batches enqueued with

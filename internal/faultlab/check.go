@@ -34,6 +34,13 @@ type Report struct {
 	// surviving history the run's lease was never taken, so its completion
 	// is not stale. The second run is a duplicate, counted there too.
 	OvertakenOnDiscarded int
+	// CarriedByKey are completions of a run that finished the batch as
+	// another row (on a writer that then lost it), recorded by key on the
+	// row the final writer has (a re-asserted enqueue's): the documented
+	// exception to fencing, for work a handler really finished. A claim
+	// of that row made meanwhile did not overtake the run's lease, which
+	// was never on that row.
+	CarriedByKey int
 	// StaleDetail describes the first stale completions, for a log.
 	StaleDetail []string
 	// Duplicates are batches (by key) whose handler ran more than once; DuplicateAt holds,
@@ -53,8 +60,8 @@ type Report struct {
 
 // String is a one-line summary.
 func (r *Report) String() string {
-	return fmt.Sprintf("acked=%d completed=%d queued=%d lost=%d done_twice=%d stale_completions=%d completed_by_later_claim=%d overtaken_on_discarded=%d duplicates=%d delivered_twice=%d overlaps=%d max_overlap=%s executions=%d",
-		r.Acked, r.Completed, r.Queued, r.Lost, r.DoneTwice, r.StaleCompletions, r.CompletedByLaterClaim, r.OvertakenOnDiscarded, r.Duplicates, r.DeliveredTwice, r.Overlaps, r.MaxOverlap.Round(time.Millisecond), r.Executions)
+	return fmt.Sprintf("acked=%d completed=%d queued=%d lost=%d done_twice=%d stale_completions=%d completed_by_later_claim=%d overtaken_on_discarded=%d carried_by_key=%d duplicates=%d delivered_twice=%d overlaps=%d max_overlap=%s executions=%d",
+		r.Acked, r.Completed, r.Queued, r.Lost, r.DoneTwice, r.StaleCompletions, r.CompletedByLaterClaim, r.OvertakenOnDiscarded, r.CarriedByKey, r.Duplicates, r.DeliveredTwice, r.Overlaps, r.MaxOverlap.Round(time.Millisecond), r.Executions)
 }
 
 // stale records a stale completion and, for the first few, what made it so.
@@ -236,6 +243,10 @@ WHERE d.queue = $1`, l.cfg.Queue)
 		// discarded (DiscardClaims): on the history that survived, its lease
 		// was never taken.
 		own := runs[i]
+		if carriedByKey(own, d.id, d.created, d.at) {
+			rep.CarriedByKey++
+			continue
+		}
 		switch e, onDiscarded := overtaker(own, runs, d.at, l.discardedClaim); {
 		case e != nil:
 			rep.stale(fmt.Sprintf("overtaken while it ran: done id=%d token=%d key=%q at=%s; its run %s; the other %s",
@@ -315,6 +326,15 @@ func overtaker(own Execution, runs []Execution, doneAt time.Time, discarded func
 		return &runs[i], onDiscarded
 	}
 	return nil, onDiscarded
+}
+
+// carriedByKey reports whether a completion on record for the row (id,
+// created) at doneAt under own's token was carried over by key: own ran
+// the batch as another row, finished its work before the completion was
+// recorded, and its runner recorded the completion by the batch's key
+// because the final writer lacked that row.
+func carriedByKey(own Execution, id, created int64, doneAt time.Time) bool {
+	return (own.BatchID != id || own.Created != created) && own.Done && !own.End.IsZero() && !own.End.After(doneAt)
 }
 
 const stamp = "15:04:05.000000"

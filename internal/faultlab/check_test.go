@@ -40,3 +40,20 @@ func TestOvertaker(t *testing.T) {
 	e, _ = overtaker(running, []Execution{running, during}, ms(1520), none)
 	require.Nil(t, e)
 }
+
+// TestCarriedByKey: a completion recorded under a run's token on another
+// row of the batch (the final writer's, from a re-asserted enqueue) is the
+// run's own, carried over by key, only if the run finished its work
+// before; the row's own claims are then no overtaking.
+func TestCarriedByKey(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 20, 17, 0, 0, time.UTC)
+	// The CI case at 3a9861a: run of row 405 done at .905, its completion
+	// recorded on row 571 at .932, 30 ms after another claim of row 571.
+	own := Execution{BatchID: 405, Created: 1, Token: 7, Start: t0.Add(-1500 * time.Millisecond), End: t0.Add(905 * time.Millisecond), Done: true}
+	require.True(t, carriedByKey(own, 571, 2, t0.Add(932*time.Millisecond)))
+	require.False(t, carriedByKey(own, 405, 1, t0.Add(932*time.Millisecond)), "the run's own row: fencing applies")
+	require.False(t, carriedByKey(own, 571, 2, t0.Add(900*time.Millisecond)), "recorded before the run finished")
+	cut := own
+	cut.Done = false
+	require.False(t, carriedByKey(cut, 571, 2, t0.Add(932*time.Millisecond)), "a run that did not finish its work")
+}
