@@ -176,6 +176,9 @@ func (s *Server) Name() string { return fmt.Sprintf("pg-%d", s.port) }
 // DataDir returns the server's data directory.
 func (s *Server) DataDir() string { return s.dataDir }
 
+// LogPath returns the path of the server's log file.
+func (s *Server) LogPath() string { return s.logPath }
+
 // ConnString returns a URL to connect to database on the server as "postgres", without TLS:
 // "postgres://postgres@127.0.0.1:<port>/<database>?sslmode=disable". An empty database means
 // "postgres".

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -53,6 +54,7 @@ func run() int {
 		costN     = flag.Int("cost-batches", 0, "cost: batches (River: jobs) per measured lifecycle of each variant (0: the preset's)")
 		retRows   = flag.Int("retention-rows", 0, "retention: key rows at the target size (0: the preset's; 7 days of 500 batches/s is 302400000)")
 		slots     = flag.String("slots", "", "slots: handler slots per worker process, e.g. 1,16,64,256 (default: the preset's)")
+		diag      = flag.Bool("diag", false, "mvcc: load pg_stat_statements and auto_explain on the throwaway server and print, after each window, the statements, indexes, SLRUs and wait events the server spent its time on; the server log (slow plans) is copied next to -json as <name>-server.log")
 		processes = flag.String("processes", "", "slots: worker process counts, e.g. 1,4,16 (default: the preset's)")
 	)
 	flag.Usage = func() {
@@ -121,6 +123,10 @@ func run() int {
 		return filepath.Join(*outDir, p)
 	}
 	*jsonPath, *chartPath = place(*jsonPath), place(*chartPath)
+	cfg.Diag = *diag
+	if *diag && *jsonPath != "" {
+		cfg.DiagLog = strings.TrimSuffix(*jsonPath, filepath.Ext(*jsonPath)) + "-server.log"
+	}
 	if *outDir != "" {
 		if err := os.MkdirAll(*outDir, 0o755); err != nil {
 			fmt.Fprintln(os.Stderr, "skiplock-bench:", err)

@@ -101,6 +101,13 @@ type Config struct {
 	MVCCVariants []string      // mvcc: which of AllMVCCVariants run
 	MVCCSystems  []string      // mvcc: which systems run (skiplock, river); default both
 
+	// Diag loads pg_stat_statements and auto_explain on the throwaway
+	// server, and the mvcc scenario prints after each window where the
+	// server's time went (see diag.go). DiagLog, if set, receives a copy
+	// of the server log (with the plans of slow statements) at the end.
+	Diag    bool
+	DiagLog string
+
 	Progress io.Writer // progress lines; nil discards them
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"time"
 
@@ -65,7 +66,7 @@ func (riverArgs) Kind() string { return riverKind }
 
 // startEnv connects to dsn, or starts a throwaway server with fsync on
 // when dsn is empty, and installs both systems' tables in fresh schemas.
-func startEnv(ctx context.Context, dsn string, prog *progress) (_ *env, err error) {
+func startEnv(ctx context.Context, dsn string, diag bool, prog *progress) (_ *env, err error) {
 	e := &env{url: dsn}
 	defer func() {
 		if err != nil {
@@ -74,7 +75,11 @@ func startEnv(ctx context.Context, dsn string, prog *progress) (_ *env, err erro
 	}()
 	if dsn == "" {
 		prog.step("starting a throwaway PostgreSQL (fsync on)")
-		e.srv, err = pgtest.StartPrimary(ctx, &pgtest.Options{Fsync: true, Settings: serverSettings})
+		settings := maps.Clone(serverSettings)
+		if diag {
+			maps.Copy(settings, diagSettings)
+		}
+		e.srv, err = pgtest.StartPrimary(ctx, &pgtest.Options{Fsync: true, Settings: settings})
 		if err != nil {
 			return nil, err
 		}

@@ -581,6 +581,11 @@ func (e *env) mvccRun(ctx context.Context, cfg *Config, system, variant string, 
 	if err != nil {
 		return nil, false, err
 	}
+	var diag *diagSampler
+	if cfg.Diag {
+		diag = e.startDiag(ctx, hotTable[system].schema, prog)
+		defer diag.close()
+	}
 
 	pctx, stopProducers := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -667,6 +672,9 @@ func (e *env) mvccRun(ctx context.Context, cfg *Config, system, variant string, 
 		prog.step("mvcc %-8s %-7s %6.1fs: %8.0f batches/s, %5d claims p50/p99 %6.2f/%7.2f ms (statement p99 %.2f, %d full p99 %.2f), %9d dead, heap %s, indexes %s, %6.0f entries/scan, %d vacuums, horizon %d xids",
 			system, variant, win.end, win.rate, win.claims, ms(win.p50), ms(win.p99), ms(win.stmtP99), win.fullClaims, ms(win.fullP99),
 			win.rel.dead, mib(win.rel.heap), mib(win.rel.indexes), win.entriesPerScan, win.rel.vacuums, win.horizonAge)
+		if diag != nil {
+			diag.window(ctx, prog)
+		}
 	}
 	survived = holder != nil && holder.alive(ctx)
 	stopProducers()
@@ -732,6 +740,13 @@ func runMVCC(ctx context.Context, cfg *Config, e *env, rep *Report, prog *progre
 		}
 	}
 	mvccDerive(rep, cfg, variants)
+	if cfg.Diag {
+		if err := e.copyServerLog(cfg.DiagLog); err != nil {
+			rep.note("mvcc: copy the server log: %v", err)
+		} else if cfg.DiagLog != "" {
+			prog.step("mvcc: the server log (with auto_explain's slow plans) is in %s", cfg.DiagLog)
+		}
+	}
 	if err := e.reset(ctx); err != nil && firstErr == nil {
 		firstErr = err
 	}

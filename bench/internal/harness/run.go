@@ -53,7 +53,7 @@ func Run(ctx context.Context, cfg *Config) (*Report, error) {
 	needEnv := len(enqueueSystems) > 0 || len(throughputSystems) > 0 || ceiling || len(latencySystems) > 0 || cfg.has(ScenarioSoak) ||
 		cfg.has(ScenarioBacklog) || cfg.has(ScenarioCost) || cfg.has(ScenarioRetention) || cfg.has(ScenarioSlots) || cfg.has(ScenarioMVCC)
 	if needEnv {
-		e, err := startEnv(ctx, cfg.DSN, prog)
+		e, err := startEnv(ctx, cfg.DSN, cfg.Diag, prog)
 		if err != nil {
 			return rep, fmt.Errorf("start: %w", err)
 		}

@@ -31,7 +31,7 @@ func TestSlots(t *testing.T) {
 	prog := newProgress(&progressOut)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	e, err := startEnv(ctx, "", prog)
+	e, err := startEnv(ctx, "", false, prog)
 	require.NoError(t, err)
 	defer e.close()
 
