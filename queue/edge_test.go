@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -297,6 +298,31 @@ func (d *lossyDB) Query(ctx context.Context, sql string, args ...any) (pgx.Rows,
 	}
 	return d.Pool.Query(ctx, sql, args...)
 }
+
+// SendBatch loses the answer of the first batch that holds a matching
+// statement, after the whole batch ran.
+func (d *lossyDB) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	if slices.ContainsFunc(b.QueuedQueries, func(q *pgx.QueuedQuery) bool { return d.match(q.SQL) }) && d.hits.Add(1) == 1 {
+		if err := d.Pool.SendBatch(ctx, b).Close(); err != nil {
+			return lostResults{err}
+		}
+		return lostResults{io.ErrUnexpectedEOF}
+	}
+	return d.Pool.SendBatch(ctx, b)
+}
+
+// lostResults are the results of a batch whose answer did not arrive.
+type lostResults struct{ err error }
+
+func (l lostResults) Exec() (pgconn.CommandTag, error) { return pgconn.CommandTag{}, l.err }
+func (l lostResults) Query() (pgx.Rows, error)         { return nil, l.err }
+func (l lostResults) QueryRow() pgx.Row                { return lostRow(l) }
+func (l lostResults) Close() error                     { return l.err }
+func (l lostResults) Tx() pgx.Tx                       { return nil }
+
+type lostRow struct{ err error }
+
+func (l lostRow) Scan(...any) error { return l.err }
 
 // A keyed enqueue repeated after its first attempt committed reports its
 // own write as not a duplicate; a key older than the call still is one.

@@ -96,7 +96,7 @@ func (c *Client) Claim(ctx context.Context, p ClaimParams) ([]batch.Batch, error
 		defer cancel()
 		token := newToken()
 		var err error
-		out, err = c.claim(ctx, c.db, p, token)
+		out, err = c.claim(ctx, p, token)
 		if err != nil && !failedForSure(err) {
 			lost = append(lost, token)
 		}
@@ -142,16 +142,26 @@ func lostClaimLookback(since time.Time, lease time.Duration) time.Duration {
 	return time.Since(since) + reclaimMargin - lease
 }
 
-func (c *Client) claim(ctx context.Context, q querier, p ClaimParams, token int64) ([]batch.Batch, error) {
+func (c *Client) claim(ctx context.Context, p ClaimParams, token int64) ([]batch.Batch, error) {
 	owner := p.Owner
 	if owner == "" {
 		owner = defaultOwner
 	}
-	rows, err := q.Query(ctx, c.sql.claim, p.Queue, p.Limit, token, owner, p.Lease.Microseconds())
-	if err != nil {
-		return nil, fmt.Errorf("claim %q: %w", short(p.Queue), err)
+	b := &pgx.Batch{}
+	b.Queue(sqlNoJIT)
+	b.Queue(c.sql.claim, p.Queue, p.Limit, token, owner, p.Lease.Microseconds())
+	br := c.db.SendBatch(ctx, b)
+	_, err := br.Exec() // sqlNoJIT
+	var bs []batch.Batch
+	if err == nil {
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			bs, err = collectBatches(rows, p.Limit, p.Queue)
+		}
 	}
-	bs, err := collectBatches(rows, p.Limit, p.Queue)
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return nil, fmt.Errorf("claim %q: %w", short(p.Queue), err)
 	}
@@ -529,6 +539,7 @@ func (c *Client) reclaimOnce(ctx context.Context, queue string, lookback, newer 
 	defer cancel()
 	ids, tokens := c.heldRefs(queue)
 	b := &pgx.Batch{}
+	b.Queue(sqlNoJIT)
 	if metered {
 		b.Queue(c.sql.meter, c.sql.leaseIndex)
 	}
@@ -538,7 +549,8 @@ func (c *Client) reclaimOnce(ctx context.Context, queue string, lookback, newer 
 	}
 	br := c.db.SendBatch(ctx, b)
 	var before, after meterReading
-	if metered {
+	_, err = br.Exec() // sqlNoJIT
+	if metered && err == nil {
 		before, err = readMeter(br)
 	}
 	if err == nil {

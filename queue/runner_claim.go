@@ -241,6 +241,7 @@ func (r *Runner) roundTrip(finished []*job, n int, acksOnly bool) (claimed []bat
 
 	sql := r.c.sql
 	b := &pgx.Batch{}
+	b.Queue(sqlNoJIT)
 	a.queue(r.c, b)
 	var lostTokens []int64
 	var orphans []Ref
@@ -288,7 +289,11 @@ func (r *Runner) roundTrip(finished []*job, n int, acksOnly bool) (claimed []bat
 	defer cancel()
 	sent = time.Now()
 	br := r.c.db.SendBatch(ctx, b)
-	res, err := a.read(br)
+	_, err = br.Exec() // sqlNoJIT
+	var res ackResult
+	if err == nil {
+		res, err = a.read(br)
+	}
 	var freed map[int64]bool
 	if len(lostTokens) > 0 && err == nil {
 		freed, err = idSet(br.Query())
